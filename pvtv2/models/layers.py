@@ -1,0 +1,206 @@
+"""Building blocks of the PVT family, named as in the paper.
+
+Attribute names (``proj``, ``q``, ``kv``, ``sr``, ``norm``, ``dwconv.dwconv``, ``fc1``...) are those of
+the official release, so its checkpoints load without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+# The official release and timm use PyTorch's default eps in the patch-embedding and
+# spatial-reduction norms, and 1e-6 in the block and stage norms.
+PATCH_NORM_EPS = 1e-5
+BLOCK_NORM_EPS = 1e-6
+
+
+def tokens_to_image(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W)."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)
+
+
+class PatchEmbed(nn.Module):
+    """Strided convolution that turns an image (or feature map) into a sequence of normalised tokens."""
+
+    def __init__(self, in_chans: int, embed_dim: int, kernel_size: int, stride: int, padding: int = 0) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=kernel_size, stride=stride, padding=padding)
+        self.norm = nn.LayerNorm(embed_dim, eps=PATCH_NORM_EPS)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        x = self.proj(x)
+        height, width = x.shape[-2:]
+        x = self.norm(x.flatten(2).transpose(1, 2))  # (B, C, H, W) -> (B, H*W, C)
+        return x, height, width
+
+
+class OverlapPatchEmbed(PatchEmbed):
+    """PVTv2's overlapping patch embedding (Sec. 3.2): kernel 2S-1, stride S, zero padding S-1."""
+
+    def __init__(self, in_chans: int, embed_dim: int, stride: int) -> None:
+        super().__init__(in_chans, embed_dim, kernel_size=2 * stride - 1, stride=stride, padding=stride - 1)
+
+
+class SpatialReductionAttention(nn.Module):
+    """Multi-head attention whose keys and values come from a spatially reduced copy of the input.
+
+    SRA (PVTv1): a ``sr_ratio`` x ``sr_ratio`` strided conv shrinks the key/value map by ``sr_ratio**2``.
+    Linear SRA (PVTv2-Li, Sec. 3.4): adaptive average pooling to ``pool_size`` x ``pool_size`` and a
+    1x1 conv, so the cost is linear in the number of pixels.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int = 1,
+        linear: bool = False,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        pool_size: int = 7,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.sr_ratio = sr_ratio
+        self.linear = linear
+        self.attn_drop = attn_drop
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.reduces = linear or sr_ratio > 1
+        if linear:
+            self.pool = nn.AdaptiveAvgPool2d(pool_size)
+            self.sr = nn.Conv2d(dim, dim, kernel_size=1)
+            self.norm = nn.LayerNorm(dim, eps=PATCH_NORM_EPS)
+            self.act = nn.GELU()
+        elif sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(dim, eps=PATCH_NORM_EPS)
+
+    def reduced_tokens(self, num_tokens: int, height: int, width: int) -> int:
+        """Number of key/value tokens for an input of ``num_tokens`` tokens on a ``height`` x ``width`` grid."""
+        if self.linear:
+            return self.pool.output_size**2
+        if self.sr_ratio > 1:
+            return (height // self.sr_ratio) * (width // self.sr_ratio)
+        return num_tokens
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        batch, num_tokens, dim = x.shape
+        head_dim = dim // self.num_heads
+        q = self.q(x).reshape(batch, num_tokens, self.num_heads, head_dim).transpose(1, 2)
+        if self.reduces:
+            kv_in = tokens_to_image(x, height, width)
+            if self.linear:
+                kv_in = self.pool(kv_in)
+            kv_in = self.norm(self.sr(kv_in).flatten(2).transpose(1, 2))  # (B, C, h, w) -> (B, h*w, C)
+            if self.linear:
+                kv_in = self.act(kv_in)
+        else:
+            kv_in = x
+        # (B, M, 2C) -> 2 x (B, heads, M, head_dim)
+        k, v = self.kv(kv_in).reshape(batch, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(batch, num_tokens, dim)
+        return self.proj_drop(self.proj(x))
+
+
+class DepthwiseConv(nn.Module):
+    """3x3 depth-wise conv applied to a token sequence laid out on a ``height`` x ``width`` grid."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return self.dwconv(tokens_to_image(x, height, width)).flatten(2).transpose(1, 2)
+
+
+class ConvFFN(nn.Module):
+    """PVTv2's convolutional feed-forward network (Sec. 3.3): fc1, 3x3 depth-wise conv, GELU, fc2.
+
+    With ``linear=True`` (PVTv2-Li) a ReLU follows fc1, as in the official release.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, linear: bool = False, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.relu = nn.ReLU() if linear else nn.Identity()
+        self.dwconv = DepthwiseConv(hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        x = self.act(self.dwconv(self.relu(self.fc1(x)), height, width))
+        return self.drop(self.fc2(self.drop(x)))
+
+
+class Mlp(nn.Module):
+    """PVTv1's plain feed-forward network: fc1, GELU, fc2."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer encoder layer: x + SRA(LN(x)), then x + FFN(LN(x)), with stochastic depth."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        sr_ratio: int,
+        conv_ffn: bool,
+        linear: bool = False,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        hidden_dim = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
+        self.attn = SpatialReductionAttention(
+            dim, num_heads, sr_ratio, linear=linear, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
+        self.mlp = ConvFFN(dim, hidden_dim, linear=linear, drop=drop) if conv_ffn else Mlp(dim, hidden_dim, drop)
+        # "row" drops the whole residual branch per sample, as DropPath does in DeiT and timm.
+        self.drop_path = StochasticDepth(drop_path, mode="row") if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), height, width))
+        return x + self.drop_path(self.mlp(self.norm2(x), height, width))
+
+
+def init_weights(module: nn.Module) -> None:
+    """The official release's initialisation: truncated normal linears, fan-out normal convs."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+        nn.init.normal_(module.weight, std=(2.0 / fan_out) ** 0.5)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,205 @@
+"""What PVTv1 and PVTv2 share: four stages of (patch embedding, encoder blocks), a classification head,
+and a feature-pyramid mode for dense prediction.
+
+The stage modules are registered under the official release's names (``patch_embed1``, ``block1``,
+``norm1``...), so official checkpoints load with ``strict=True``. Subclasses say how a stage embeds its
+input (:meth:`embed`), how a stage's output is normalised (:meth:`stage_norm`), and how the head pools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .layers import Block, PatchEmbed, init_weights, tokens_to_image
+
+NUM_STAGES = 4
+
+
+class FeatureInfo(list):
+    """Per-output-level ``{"num_chs", "reduction", "module"}`` dicts, as timm's ``feature_info``."""
+
+    def channels(self) -> list[int]:
+        return [info["num_chs"] for info in self]
+
+    def reduction(self) -> list[int]:
+        return [info["reduction"] for info in self]
+
+
+def stage_grid_sizes(patch_embeds: Sequence[PatchEmbed], side: int) -> list[int]:
+    """Token-grid side of each stage for an input side of ``side`` pixels."""
+    sizes = []
+    for embed in patch_embeds:
+        conv = embed.proj
+        side = (side + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+        sizes.append(side)
+    return sizes
+
+
+def _min_input_size(patch_embeds: Sequence[PatchEmbed], sr_ratios: Sequence[int], linear: bool) -> int:
+    needed = [1 if linear else max(1, r) for r in sr_ratios]
+    side = 1
+    while min(g - n for g, n in zip(stage_grid_sizes(patch_embeds, side), needed)) < 0:
+        side += 1
+    return side
+
+
+class PyramidVisionTransformerBase(nn.Module):
+    """Four-stage pyramid transformer; see :class:`PyramidVisionTransformerV2` and
+    :class:`PyramidVisionTransformer` for the two families."""
+
+    global_pool: Literal["avg", "token"]
+
+    def __init__(
+        self,
+        *,
+        patch_embeds: Sequence[PatchEmbed],
+        embed_dims: Sequence[int],
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        mlp_ratios: Sequence[float],
+        sr_ratios: Sequence[int],
+        conv_ffn: bool,
+        linear: bool = False,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+    ) -> None:
+        super().__init__()
+        for name, values in dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads,
+                                 mlp_ratios=mlp_ratios, sr_ratios=sr_ratios, patch_embeds=patch_embeds).items():
+            if len(values) != NUM_STAGES:
+                raise ValueError(f"{name} needs {NUM_STAGES} values (one per stage), got {list(values)}")
+        self.in_chans = in_chans
+        self.embed_dims = tuple(embed_dims)
+        self.depths = tuple(depths)
+        self.sr_ratios = tuple(sr_ratios)
+        self.linear = linear
+        self.num_classes = num_classes
+        self.features_only = features_only
+        self.grad_checkpointing = False
+        self.min_input_size = _min_input_size(patch_embeds, sr_ratios, linear)
+
+        # Stochastic depth rises linearly from 0 to drop_path_rate over all blocks.
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        for i in range(NUM_STAGES):
+            blocks = nn.ModuleList(
+                Block(embed_dims[i], num_heads[i], mlp_ratios[i], sr_ratios[i], conv_ffn=conv_ffn, linear=linear,
+                      qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
+                      drop_path=rates[sum(depths[:i]) + j])
+                for j in range(depths[i])
+            )
+            setattr(self, f"patch_embed{i + 1}", patch_embeds[i])
+            setattr(self, f"block{i + 1}", blocks)
+
+        if features_only:
+            out_indices = tuple(out_indices)
+            if not out_indices or any(i not in range(NUM_STAGES) for i in out_indices):
+                raise ValueError(f"out_indices must be stage indices in 0..{NUM_STAGES - 1}, got {out_indices}")
+            self.out_indices = out_indices
+            self.feature_info = FeatureInfo(
+                dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"block{i + 1}") for i in out_indices
+            )
+        else:
+            self.out_indices = ()
+            self.feature_info = FeatureInfo(
+                dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"block{i + 1}") for i in range(NUM_STAGES)
+            )
+            self.num_features = embed_dims[-1]
+            self.head_drop = nn.Dropout(drop_rate)
+            self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+
+    # -- what a family defines -------------------------------------------------------------------------
+    def embed(self, stage: int, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Stage ``stage``'s patch embedding: (B, C, H, W) -> (B, N, C'), H', W'."""
+        return getattr(self, f"patch_embed{stage + 1}")(x)
+
+    def stage_norm(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- shared machinery -----------------------------------------------------------------------------
+    def _init_weights(self) -> None:
+        self.apply(init_weights)
+
+    def blocks(self, stage: int) -> nn.ModuleList:
+        return getattr(self, f"block{stage + 1}")
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected images of shape (batch, {self.in_chans}, height, width), got {tuple(x.shape)}"
+            )
+        smallest = self.min_input_size
+        if x.shape[-2] < smallest or x.shape[-1] < smallest:
+            raise ValueError(
+                f"input {x.shape[-2]}x{x.shape[-1]} is too small for this model: every side must be at least "
+                f"{smallest} pixels so that each stage's spatial reduction has a full window"
+            )
+
+    def iter_stages(self, x: torch.Tensor, last_stage: int = NUM_STAGES - 1) -> Iterator[tuple[torch.Tensor, int, int]]:
+        """Yield each stage's normalised tokens (B, N, C) and its grid height and width."""
+        self._check_input(x)
+        for i in range(last_stage + 1):
+            if i > 0:
+                x = tokens_to_image(x, height, width)
+            x, height, width = self.embed(i, x)
+            for block in self.blocks(i):
+                if self.grad_checkpointing and torch.is_grad_enabled():
+                    x = checkpoint(block, x, height, width, use_reentrant=False)
+                else:
+                    x = block(x, height, width)
+            x = self.stage_norm(i, x)
+            yield x, height, width
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] = (0, 1, 2, 3)) -> list[torch.Tensor]:
+        """Feature maps (B, C_i, H/2^(i+2), W/2^(i+2)) of the requested stages, for any input size."""
+        feats = []
+        for i, (tokens, height, width) in enumerate(self.iter_stages(x, max(indices))):
+            if i in indices:
+                spatial = tokens[:, tokens.shape[1] - height * width:]  # drops PVTv1's class token
+                feats.append(tokens_to_image(spatial, height, width))
+        return feats
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last stage's normalised tokens, (B, N, C)."""
+        for x, _, _ in self.iter_stages(x):
+            pass
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.features_only:
+            return self.forward_intermediates(x, self.out_indices)
+        return self.forward_head(self.forward_features(x))
+
+    # -- the surface timm users expect ----------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        if self.features_only:
+            raise RuntimeError("a features_only model has no classifier")
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            init_weights(self.head)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of storing its activations."""
+        self.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        return set()

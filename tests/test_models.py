@@ -1,0 +1,154 @@
+"""Every registered model through the same checks: builds, forward, backward, pyramid, odd sizes."""
+
+import math
+
+import pytest
+import torch
+
+import pvtv2
+from pvtv2.models import PyramidVisionTransformer, PyramidVisionTransformerV2
+
+ALL = pvtv2.list_models()
+V2 = pvtv2.list_models("pvt_v2_*")
+V1 = ["pvt_tiny", "pvt_small", "pvt_medium", "pvt_large"]
+
+
+def test_registry_lists_the_paper_models():
+    assert ALL == ["pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b2_li", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5", *V1]
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(ValueError, match="unknown model 'pvt_v2_b9'.*pvt_v2_b0"):
+        pvtv2.create_model("pvt_v2_b9")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_model_builds_and_classifies(name):
+    model = pvtv2.create_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 7)
+    assert torch.isfinite(logits).all()
+    expected_class = PyramidVisionTransformerV2 if name.startswith("pvt_v2") else PyramidVisionTransformer
+    assert isinstance(model, expected_class)
+
+
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_tiny"])
+def test_backward_reaches_every_parameter(name):
+    model = pvtv2.create_model(name, num_classes=5)
+    loss = model(torch.randn(2, 3, 64, 64)).logsumexp(1).mean()
+    loss.backward()
+    without_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert without_grad == []
+
+
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_tiny"])
+@pytest.mark.parametrize("size", [(224, 224), (250, 333), (97, 61)])
+def test_pyramid_has_strides_4_to_32_for_any_size(name, size):
+    model = pvtv2.create_model(name, features_only=True).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, *size))
+    assert [f.shape[1] for f in feats] == model.feature_info.channels()
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    for feat, stride in zip(feats, model.feature_info.reduction()):
+        # Overlapping embeddings pad (ceil), non-overlapping ones drop the remainder (floor).
+        rounding = math.ceil if name.startswith("pvt_v2") else math.floor
+        height, width = size
+        if name.startswith("pvt_v2"):
+            expected = (rounding(height / stride), rounding(width / stride))
+        else:
+            expected = (height // stride, width // stride)
+        assert tuple(feat.shape[-2:]) == expected
+
+
+def test_out_indices_select_levels_and_feature_info_follows():
+    model = pvtv2.create_model("pvt_v2_b0", features_only=True, out_indices=(1, 3)).eval()
+    feats = model(torch.randn(1, 3, 128, 128))
+    assert [f.shape[1:] for f in feats] == [(64, 16, 16), (256, 4, 4)]
+    assert model.feature_info.channels() == [64, 256]
+    assert not hasattr(model, "head")
+    with pytest.raises(ValueError, match="out_indices"):
+        pvtv2.create_model("pvt_v2_b0", features_only=True, out_indices=(4,))
+
+
+def test_pyramid_levels_equal_the_classifier_path():
+    model = pvtv2.create_model("pvt_v2_b0").eval()
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        last = model.forward_intermediates(x)[-1]
+        tokens = model.forward_features(x)
+    torch.testing.assert_close(last.flatten(2).transpose(1, 2), tokens)
+    torch.testing.assert_close(model.forward_head(tokens), model(x))
+
+
+def test_too_small_or_wrong_channel_input_is_a_clear_error():
+    model = pvtv2.create_model("pvt_v2_b0")
+    with pytest.raises(ValueError, match=r"16x40 is too small.*at least 29"):
+        model(torch.randn(1, 3, 16, 40))
+    with pytest.raises(ValueError, match=r"expected images of shape \(batch, 3, height, width\), got \(1, 1, 64, 64\)"):
+        model(torch.randn(1, 1, 64, 64))
+    # Linear SRA pools to 7x7 whatever the size, so B2-Li accepts tiny inputs.
+    assert pvtv2.create_model("pvt_v2_b2_li").min_input_size == 1
+
+
+def test_in_chans_and_headless_model():
+    model = pvtv2.create_model("pvt_v2_b0", in_chans=1, num_classes=0).eval()
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 256)
+
+
+def test_reset_classifier():
+    model = pvtv2.create_model("pvt_tiny")
+    model.reset_classifier(10)
+    assert model.get_classifier().out_features == 10
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_stochastic_depth_only_in_training():
+    model = pvtv2.create_model("pvt_v2_b0", drop_path_rate=0.5)
+    rates = [b.drop_path.p for i in range(4) for b in model.blocks(i) if hasattr(b.drop_path, "p")]
+    assert rates == pytest.approx([0.5 * i / 7 for i in range(1, 8)])  # linear decay, first block has none
+    x = torch.randn(4, 3, 64, 64)
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = pvtv2.create_model("pvt_v2_b0", num_classes=3)
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, reference[name], msg=name)
+
+
+def test_v1_position_embedding_is_resized_for_other_sizes():
+    model = pvtv2.create_model("pvt_tiny").eval()
+    assert model.position_embedding(0, 56, 56) is model.pos_embed1
+    resized = model.position_embedding(0, 30, 41)
+    assert resized.shape == (1, 30 * 41, 64)
+    # The stage-4 class token keeps its own embedding; only the grid part is resized.
+    assert model.pos_embed4.shape == (1, 50, 512)
+    assert model.no_weight_decay() == {"pos_embed1", "pos_embed2", "pos_embed3", "pos_embed4", "cls_token"}
+
+
+def test_official_layout_and_layer_norm_eps():
+    model = pvtv2.create_model("pvt_v2_b2_li")
+    keys = set(model.state_dict())
+    for key in ["patch_embed1.proj.weight", "block1.0.attn.q.weight", "block1.0.attn.kv.weight",
+                "block1.0.attn.sr.weight", "block1.0.attn.norm.weight", "block1.0.mlp.dwconv.dwconv.weight",
+                "norm1.weight", "head.weight"]:
+        assert key in keys
+    assert model.patch_embed1.proj.kernel_size == (7, 7) and model.patch_embed1.proj.padding == (3, 3)
+    assert model.patch_embed2.proj.kernel_size == (3, 3) and model.patch_embed2.proj.stride == (2, 2)
+    assert model.patch_embed1.norm.eps == 1e-5 and model.block1[0].attn.norm.eps == 1e-5
+    assert model.block1[0].norm1.eps == 1e-6 and model.norm1.eps == 1e-6
+    assert model.block1[0].attn.pool.output_size == 7 and model.block1[0].attn.sr.kernel_size == (1, 1)
+    v1 = pvtv2.create_model("pvt_small")
+    assert {"pos_embed1", "cls_token", "norm.weight"} <= set(v1.state_dict())
+    assert v1.patch_embed1.proj.kernel_size == (4, 4) and v1.patch_embed1.proj.stride == (4, 4)
