@@ -115,8 +115,6 @@ def to_official(
     no official key claimed. HF keys are accepted with or without the ``pvt.``/``pvt_v2.`` prefix.
     """
     official_keys = list(official_keys)
-    if fmt == "official":
-        return dict(state_dict), []
     family = family_of(official_keys)
     prefix = HF_PREFIXES[family]
     if fmt == "hf" and not any(k.startswith(prefix) for k in state_dict):

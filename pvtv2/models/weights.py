@@ -88,7 +88,7 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, fmt: 
         raise CheckpointError(f"{_describe(source)}: {error}") from error
 
     has_head = "head.weight" in expected
-    if "head.weight" in official and (not has_head or expected["head.weight"].shape != official["head.weight"].shape):
+    if "head.weight" in official and (not has_head or expected["head.weight"].shape[0] != official["head.weight"].shape[0]):
         reason = "the model has no classifier" if not has_head else (
             f"it has {official['head.weight'].shape[0]} classes and the model {expected['head.weight'].shape[0]}")
         logger.warning("not loading the checkpoint's classification head: %s", reason)
