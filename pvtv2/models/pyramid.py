@@ -89,8 +89,9 @@ class PyramidVisionTransformerBase(nn.Module):
         self.grad_checkpointing = False
         self.min_input_size = _min_input_size(patch_embeds, sr_ratios, linear)
 
-        # Stochastic depth rises linearly from 0 to drop_path_rate over all blocks.
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        # Stochastic depth rises linearly from 0 to drop_path_rate over all blocks. The rates are plain
+        # numbers computed on the CPU, so that a build under `with torch.device("meta")` works too.
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         for i in range(NUM_STAGES):
             blocks = nn.ModuleList(
                 Block(embed_dims[i], num_heads[i], mlp_ratios[i], sr_ratios[i], conv_ffn=conv_ffn, linear=linear,

@@ -1,0 +1,81 @@
+"""pvt table: every model's params and GFLOPs at 224x224, counted, beside the published figures.
+
+A figure is within tolerance when it is within 2% of the published one or within that figure's
+rounding (the paper prints 0.6 GFLOPs for 0.57). Params are compared with the official code's count
+where the reference has it (PVTv2), else with the paper. Exit status 1 if any figure is out of tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .. import reference
+from ..models.complexity import count_flops, count_params, create_for_counting
+from .common import format_table, select_models
+
+INPUT_SIZE = (224, 224)  # the size of the published ImageNet figures
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "table", help="params and GFLOPs vs the published figures", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--models", nargs="+", metavar="PATTERN", help="shell-style filters (default: all models)")
+    parser.add_argument("--json", action="store_true", help="print the rows as a JSON list of objects")
+    parser.set_defaults(handler=run)
+
+
+def complexity_rows(names: list[str]) -> list[dict[str, Any]]:
+    """One row per model: exact counts, published figures, differences and whether they are within tolerance."""
+    rows = []
+    for name in names:
+        model = create_for_counting(name)
+        params, flops = count_params(model), count_flops(model, INPUT_SIZE)
+        cmp = reference.compare_imagenet(name, params, flops)
+        rows.append(dict(
+            model=name,
+            params=params,
+            flops=flops,
+            params_M=params / 1e6,
+            params_M_published=cmp["params_M"].published,
+            params_M_source=cmp["params_M"].source,
+            params_diff_pct=round(cmp["params_M"].diff_pct, 3),
+            params_ok=cmp["params_M"].ok,
+            GFLOPs=flops / 1e9,
+            GFLOPs_published=cmp["GFLOPs"].published,
+            GFLOPs_diff_pct=round(cmp["GFLOPs"].diff_pct, 3),
+            GFLOPs_ok=cmp["GFLOPs"].ok,
+            ok=cmp["params_M"].ok and cmp["GFLOPs"].ok,
+        ))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = complexity_rows(select_models(args.models))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        text_rows = [
+            dict(
+                model=r["model"],
+                params=f"{r['params_M']:.2f}", params_pub=r["params_M_published"], params_src=r["params_M_source"],
+                params_diff=_percent(r["params_diff_pct"]),
+                flops=f"{r['GFLOPs']:.2f}", flops_pub=r["GFLOPs_published"], flops_diff=_percent(r["GFLOPs_diff_pct"]),
+                ok="yes" if r["ok"] else "NO",
+            )
+            for r in rows
+        ]
+        headers = dict(
+            model="model", params="params (M)", params_pub="published", params_src="params from", params_diff="diff",
+            flops="GFLOPs", flops_pub="published", flops_diff="diff", ok="in tolerance",
+        )
+        print(format_table(text_rows, headers, left=("model", "params_src")))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _percent(value: float) -> str:
+    # Adding 0.0 turns a rounded -0.0 into 0.0, so a tiny negative difference prints as +0.0%.
+    return f"{round(value, 1) + 0.0:+.1f}%"
