@@ -17,9 +17,16 @@ PATCH_NORM_EPS = 1e-5
 BLOCK_NORM_EPS = 1e-6
 
 
+# Tokens (B, N, C) and a channels-last image (B, C, H, W) share one memory layout, so converting
+# between them is a view, not a copy; convolutions keep channels-last inputs channels-last.
 def tokens_to_image(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, H*W, C) -> (B, C, H, W)."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)
+    """(B, H*W, C) -> (B, C, H, W), a channels-last view."""
+    return x.unflatten(1, (height, width)).permute(0, 3, 1, 2)
+
+
+def image_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C); a view when ``x`` is channels-last."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
 
 
 class PatchEmbed(nn.Module):
@@ -33,8 +40,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
         height, width = x.shape[-2:]
-        x = self.norm(x.flatten(2).transpose(1, 2))  # (B, C, H, W) -> (B, H*W, C)
-        return x, height, width
+        return self.norm(image_to_tokens(x)), height, width
 
 
 class OverlapPatchEmbed(PatchEmbed):
@@ -101,7 +107,7 @@ class SpatialReductionAttention(nn.Module):
             kv_in = tokens_to_image(x, height, width)
             if self.linear:
                 kv_in = self.pool(kv_in)
-            kv_in = self.norm(self.sr(kv_in).flatten(2).transpose(1, 2))  # (B, C, h, w) -> (B, h*w, C)
+            kv_in = self.norm(image_to_tokens(self.sr(kv_in)))
             if self.linear:
                 kv_in = self.act(kv_in)
         else:
@@ -121,7 +127,7 @@ class DepthwiseConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return self.dwconv(tokens_to_image(x, height, width)).flatten(2).transpose(1, 2)
+        return image_to_tokens(self.dwconv(tokens_to_image(x, height, width)))
 
 
 class ConvFFN(nn.Module):
