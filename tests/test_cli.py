@@ -106,3 +106,12 @@ def test_python_dash_m_runs_the_command(capsys: pytest.CaptureFixture[str], monk
         runpy.run_module("pvtv2", run_name="__main__")
     assert stop.value.code == 0
     assert capsys.readouterr().out.split() == ["pvt_v2_b2", "pvt_v2_b2_li"]
+
+
+def test_demo_runs_a_model_on_the_sample_photo_and_prints_the_table(capsys):
+    assert main(["demo", "--models", "pvt_v2_b0"]) == 0
+    out = capsys.readouterr().out
+    assert "china.jpg, 427x640" in out
+    # The pyramid of the full 427x640 photo: ceil(427/4) x ceil(640/4) ... ceil(427/32) x ceil(640/32).
+    assert "pvt_v2_b0     logits (1, 1000)  pyramid 32x107x160 64x54x80 160x27x40 256x14x20" in out
+    assert "GFLOPs" in out
