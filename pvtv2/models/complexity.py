@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .layers import SpatialReductionAttention
+from .layers import SpatialReductionAttention, unfused
 from .registry import create_model
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -136,7 +136,8 @@ def flop_breakdown(
     tensors = dict((*model.named_parameters(), *model.named_buffers()))
     like = next(iter(tensors.values()), torch.empty(0))  # the image takes the model's dtype (and device)
     counts: Counter[str] = Counter()
-    with _counting_hooks(model, counts), _eval_mode(model), torch.no_grad():
+    # Fused kernels bypass the modules that the hooks count, so the pass runs the plain modules.
+    with _counting_hooks(model, counts), _eval_mode(model), torch.no_grad(), unfused():
         if device is None:
             model(torch.zeros(1, channels, height, width, device=like.device, dtype=like.dtype))
         else:

@@ -6,6 +6,9 @@ the official release, so its checkpoints load without renaming.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +30,68 @@ def tokens_to_image(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def image_to_tokens(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H*W, C); a view when ``x`` is channels-last."""
     return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+# oneDNN applies an activation inside the convolution or matmul that feeds it, which saves a pass over
+# the FFN's widest tensor (on CPU, exact GELU alone costs more than the depth-wise conv before it).
+# PyTorch exposes these kernels only as the ops that Inductor emits, so eager CPU inference calls them
+# directly. Autograd, autocast, other devices and graph capture (compile, export, tracing) take the
+# plain modules: they either need gradients or do their own fusion.
+_ONEDNN_FUSION = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+_fusion_enabled = True
+
+
+@contextmanager
+def unfused() -> Iterator[None]:
+    """Call every layer as its module (no fused kernels), e.g. so that forward hooks see each of them."""
+    global _fusion_enabled
+    previous, _fusion_enabled = _fusion_enabled, False
+    try:
+        yield
+    finally:
+        _fusion_enabled = previous
+
+
+def _fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (
+        _ONEDNN_FUSION
+        and _fusion_enabled
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and not torch.jit.is_tracing()
+    )
+
+
+def conv_gelu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``GELU(conv(x))``, fused on CPU inference."""
+    if _fusable(x, conv.weight):
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "gelu", [], "none"
+        )
+    return F.gelu(conv(x))
+
+
+def linear(
+    module: nn.Linear, x: torch.Tensor, activation: str = "none", residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``activation(module(x))`` for ``activation`` in {"none", "gelu", "relu"}, plus ``residual`` if given.
+
+    On CPU inference this is one oneDNN matmul with bias, activation or residual sum in its epilogue,
+    which also spares the pass that ``addmm`` makes to broadcast the bias into its output (together
+    ~10-20% of a linear layer here).
+    """
+    if _fusable(x, module.weight):
+        if residual is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, module.weight, module.bias, "add")
+        algorithm = "none" if activation == "gelu" else ""  # "none" selects exact (erf) GELU, not tanh
+        return torch.ops.mkldnn._linear_pointwise(x, module.weight, module.bias, activation, [], algorithm)
+    x = module(x)
+    x = F.gelu(x) if activation == "gelu" else F.relu(x) if activation == "relu" else x
+    return x if residual is None else residual + x
 
 
 class PatchEmbed(nn.Module):
@@ -99,10 +164,13 @@ class SpatialReductionAttention(nn.Module):
             return (height // self.sr_ratio) * (width // self.sr_ratio)
         return num_tokens
 
-    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention output for tokens ``x`` (B, N, C), plus ``residual`` when given (evaluation only)."""
         batch, num_tokens, dim = x.shape
         head_dim = dim // self.num_heads
-        q = self.q(x).reshape(batch, num_tokens, self.num_heads, head_dim).transpose(1, 2)
+        q = linear(self.q, x).reshape(batch, num_tokens, self.num_heads, head_dim).transpose(1, 2)
         if self.reduces:
             kv_in = tokens_to_image(x, height, width)
             if self.linear:
@@ -113,21 +181,23 @@ class SpatialReductionAttention(nn.Module):
         else:
             kv_in = x
         # (B, M, 2C) -> 2 x (B, heads, M, head_dim)
-        k, v = self.kv(kv_in).reshape(batch, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        k, v = linear(self.kv, kv_in).reshape(batch, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(batch, num_tokens, dim)
-        return self.proj_drop(self.proj(x))
+        if residual is not None:
+            return linear(self.proj, x, residual=residual)
+        return self.proj_drop(linear(self.proj, x))
 
 
 class DepthwiseConv(nn.Module):
-    """3x3 depth-wise conv applied to a token sequence laid out on a ``height`` x ``width`` grid."""
+    """3x3 depth-wise conv and GELU on a token sequence laid out on a ``height`` x ``width`` grid."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return image_to_tokens(self.dwconv(tokens_to_image(x, height, width)))
+        return image_to_tokens(conv_gelu(self.dwconv, tokens_to_image(x, height, width)))
 
 
 class ConvFFN(nn.Module):
@@ -138,16 +208,20 @@ class ConvFFN(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, linear: bool = False, drop: float = 0.0) -> None:
         super().__init__()
+        self.linear = linear
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.relu = nn.ReLU() if linear else nn.Identity()
         self.dwconv = DepthwiseConv(hidden_dim)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        x = self.act(self.dwconv(self.relu(self.fc1(x)), height, width))
-        return self.drop(self.fc2(self.drop(x)))
+    def forward(
+        self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = linear(self.fc1, x, "relu" if self.linear else "none")
+        x = self.dwconv(x, height, width)
+        if residual is not None:
+            return linear(self.fc2, x, residual=residual)
+        return self.drop(linear(self.fc2, self.drop(x)))
 
 
 class Mlp(nn.Module):
@@ -156,12 +230,16 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+    def forward(
+        self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = linear(self.fc1, x, "gelu")
+        if residual is not None:
+            return linear(self.fc2, x, residual=residual)
+        return self.drop(linear(self.fc2, self.drop(x)))
 
 
 class Block(nn.Module):
@@ -192,8 +270,12 @@ class Block(nn.Module):
         self.drop_path = StochasticDepth(drop_path, mode="row") if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), height, width))
-        return x + self.drop_path(self.mlp(self.norm2(x), height, width))
+        if self.training:
+            x = x + self.drop_path(self.attn(self.norm1(x), height, width))
+            return x + self.drop_path(self.mlp(self.norm2(x), height, width))
+        # Dropout and stochastic depth are off, so each branch adds the residual in its last linear layer.
+        x = self.attn(self.norm1(x), height, width, residual=x)
+        return self.mlp(self.norm2(x), height, width, residual=x)
 
 
 def init_weights(module: nn.Module) -> None:
