@@ -54,8 +54,9 @@ def test_table_json_rows_are_within_tolerance(capsys: pytest.CaptureFixture[str]
 
 def test_table_text_has_a_row_per_model(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "table", "--models", "pvt_v2_b0")
-    header, row = out.splitlines()
+    header, row = out.splitlines()[:2]
     assert code == 0
+    assert "paper" in header and "3.4" in row.split()  # the paper's B0 params, shown beside the code's
     assert "GFLOPs" in header and "in tolerance" in header
     assert row.split()[0] == "pvt_v2_b0" and "0.57" in row.split() and row.split()[-1] == "yes"
 

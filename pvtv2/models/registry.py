@@ -54,10 +54,9 @@ def create_model(
     )
     model.model_name = name
     if pretrained is True:
-        raise ValueError(
-            "pretrained=True (fetching the release by name) is not available; pass the path of an official "
-            ".pth file, a timm state dict or a HuggingFace checkpoint folder"
-        )
+        from .hub import fetch  # the official release file of `name`, downloaded once into the cache
+
+        pretrained = fetch(name)
     if pretrained is not None and pretrained is not False:
         from .weights import load_pretrained
 

@@ -1,22 +1,32 @@
-"""Reading checkpoints safely and loading them into a model, whatever layout they come in."""
+"""Reading checkpoints safely and fitting them to a model, whatever layout they come in.
+
+A checkpoint is read (:func:`read_checkpoint`), taken out of training wrappers (:func:`unwrap`, which also
+takes the backbone out of a detector or segmenter checkpoint), matched key by key and shape by shape
+against the model (:func:`fit_state_dict`), and only then copied into it (:func:`load_pretrained`).
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .convert import FORMATS, Format, detect_format, to_official
+from .registry import create_model
 
 logger = logging.getLogger("pvtv2")
 
 # Wrappers that training scripts put around a state dict (DeiT/timm "model", mmcv "state_dict", ...).
 _WRAPPER_KEYS = ("model", "state_dict", "model_state", "module", "model_ema")
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# MMDetection / MMSegmentation models keep the backbone under this prefix, beside neck and head(s).
+_BACKBONE_PREFIX = "backbone."
 _MAX_KEYS_SHOWN = 10
 
 
@@ -24,11 +34,41 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or does not fit the model it is loaded into."""
 
 
+@dataclass(frozen=True)
+class CheckpointContents:
+    """The tensors of a checkpoint and, for a detector or segmenter checkpoint, what was left out."""
+
+    tensors: dict[str, torch.Tensor]
+    # Keys outside ``backbone.`` (neck, heads) of an MMDetection / MMSegmentation checkpoint: not part of
+    # the backbone that ``tensors`` holds. Empty for a classification checkpoint.
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def is_backbone_of_dense_model(self) -> bool:
+        return bool(self.dropped)
+
+
+@dataclass(frozen=True)
+class FittedState:
+    """A checkpoint matched against a model: what to load, in official keys."""
+
+    state_dict: dict[str, torch.Tensor]
+    fmt: Format  # the layout the checkpoint was in
+    # Why the model's classification head does not get the checkpoint's, when it does not.
+    head_note: str | None = None
+
+
 def read_checkpoint(source: str | os.PathLike | Mapping) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint: a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file, an HF model folder,
     or a state dict. Pickles are opened with ``weights_only=True``, so a file cannot run code."""
+    return open_checkpoint(source).tensors
+
+
+def open_checkpoint(source: str | os.PathLike | Mapping) -> CheckpointContents:
+    """Like :func:`read_checkpoint`, also telling whether the tensors are the backbone of a detector or
+    segmenter checkpoint (and which keys were left out)."""
     if isinstance(source, Mapping):
-        return unwrap(source)
+        return _unwrap(source)
     path = Path(source)
     if path.is_dir():
         found = [path / name for name in _HF_WEIGHT_FILES if (path / name).is_file()]
@@ -48,18 +88,99 @@ def read_checkpoint(source: str | os.PathLike | Mapping) -> dict[str, torch.Tens
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict")
-    return unwrap(loaded)
+    return _unwrap(loaded)
 
 
 def unwrap(checkpoint: Mapping) -> dict[str, torch.Tensor]:
-    """The state dict inside common training-checkpoint wrappers, without DDP's ``module.`` prefix."""
+    """The state dict inside common training-checkpoint wrappers, without DDP's ``module.`` prefix; for
+    an MMDetection / MMSegmentation checkpoint, its backbone without the ``backbone.`` prefix."""
+    return _unwrap(checkpoint).tensors
+
+
+def _unwrap(checkpoint: Mapping) -> CheckpointContents:
     for key in _WRAPPER_KEYS:
         if key in checkpoint and isinstance(checkpoint[key], Mapping):
-            return unwrap(checkpoint[key])
+            return _unwrap(checkpoint[key])
     state_dict = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    return state_dict
+    return _extract_backbone(state_dict)
+
+
+def _extract_backbone(state_dict: dict[str, torch.Tensor]) -> CheckpointContents:
+    if not any(k.startswith(_BACKBONE_PREFIX) for k in state_dict):
+        return CheckpointContents(state_dict)
+    backbone = {k.removeprefix(_BACKBONE_PREFIX): v for k, v in state_dict.items() if k.startswith(_BACKBONE_PREFIX)}
+    dropped = tuple(k for k in state_dict if not k.startswith(_BACKBONE_PREFIX))
+    parts = sorted({k.split(".", 1)[0] for k in dropped})
+    logger.info(
+        "this is a detector or segmenter checkpoint (MMDetection / MMSegmentation layout): taking its backbone "
+        "(%d tensors) and leaving out the %d tensors of %s", len(backbone), len(dropped), ", ".join(parts),
+    )
+    return CheckpointContents(backbone, dropped)
+
+
+def fit_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    *,
+    fmt: Format | None = None,
+    source: str = "the state dict",
+    model_name: str = "the model",
+) -> FittedState:
+    """Match ``state_dict`` (official, timm or HF layout; detected when ``fmt`` is None) against a model's
+    ``expected`` state dict (meta tensors do: only keys and shapes are read).
+
+    Every key of the model must be found with its shape, and every tensor of the checkpoint must find its
+    key, else :class:`CheckpointError` lists what is missing, unexpected or of another shape. The only
+    exception is the classification head: a checkpoint's head that the model cannot take (no head, another
+    number of classes) is left out, and a model's head the checkpoint lacks keeps its initialisation;
+    ``head_note`` of the result says which.
+    """
+    if fmt is None:
+        try:
+            fmt = detect_format(state_dict)
+        except ValueError as error:
+            raise CheckpointError(f"{source}: {error}") from error
+    elif fmt not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {fmt!r}; expected one of {FORMATS}")
+
+    wanted_keys = list(expected)
+    if "head.weight" not in expected:
+        wanted_keys += ["head.weight", "head.bias"]  # so that a head in the file is not reported as unexpected
+    try:
+        official, unexpected = to_official(state_dict, fmt, wanted_keys)
+    except ValueError as error:
+        raise CheckpointError(f"{source}: {error}") from error
+
+    head_note = _fit_head(official, expected)
+    head_loaded = "head.weight" in official
+    missing = [k for k in expected if k not in official and (head_loaded or not k.startswith("head."))]
+    mismatched = [
+        f"{k}: checkpoint {tuple(official[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected if k in official and official[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{source} ({fmt} format) does not fit {model_name}:"
+            + _listing("missing keys", missing) + _listing("unexpected keys", unexpected)
+            + _listing("shape mismatches", mismatched)
+        )
+    return FittedState(official, fmt, head_note)
+
+
+def _fit_head(official: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str | None:
+    """Drop the checkpoint's head from ``official`` when the model cannot take it; say why, if it is not loaded."""
+    has_head = "head.weight" in expected
+    if "head.weight" in official and (not has_head or expected["head.weight"].shape[0] != official["head.weight"].shape[0]):
+        reason = "the model has no classifier" if not has_head else (
+            f"it has {official['head.weight'].shape[0]} classes and the model {expected['head.weight'].shape[0]}")
+        official.pop("head.weight")
+        official.pop("head.bias", None)
+        return f"not loading the checkpoint's classification head: {reason}"
+    if has_head and "head.weight" not in official:
+        return "the checkpoint has no classification head; the model's head keeps its initialisation"
+    return None
 
 
 def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, fmt: Format | None = None) -> Format:
@@ -69,49 +190,35 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, fmt: 
     number of classes. Every key and shape is checked before any weight is copied, so a checkpoint that
     does not fit raises :class:`CheckpointError` and leaves the model untouched.
     """
-    state_dict = read_checkpoint(source)
-    if fmt is None:
-        try:
-            fmt = detect_format(state_dict)
-        except ValueError as error:
-            raise CheckpointError(f"{_describe(source)}: {error}") from error
-    elif fmt not in FORMATS:
-        raise ValueError(f"unknown checkpoint format {fmt!r}; expected one of {FORMATS}")
-
     expected = model.state_dict()
-    wanted_keys = list(expected)
-    if "head.weight" not in expected:
-        wanted_keys += ["head.weight", "head.bias"]  # so that a head in the file is not reported as unexpected
-    try:
-        official, unexpected = to_official(state_dict, fmt, wanted_keys)
-    except ValueError as error:
-        raise CheckpointError(f"{_describe(source)}: {error}") from error
-
+    fitted = fit_state_dict(
+        read_checkpoint(source), expected, fmt=fmt, source=_describe(source),
+        model_name=getattr(model, "model_name", type(model).__name__),
+    )
+    if fitted.head_note:
+        logger.warning(fitted.head_note)
     has_head = "head.weight" in expected
-    if "head.weight" in official and (not has_head or expected["head.weight"].shape[0] != official["head.weight"].shape[0]):
-        reason = "the model has no classifier" if not has_head else (
-            f"it has {official['head.weight'].shape[0]} classes and the model {expected['head.weight'].shape[0]}")
-        logger.warning("not loading the checkpoint's classification head: %s", reason)
-        official.pop("head.weight")
-        official.pop("head.bias", None)
-    elif has_head and "head.weight" not in official:
-        logger.warning("the checkpoint has no classification head; the model's head keeps its initialisation")
+    model.load_state_dict(fitted.state_dict, strict="head.weight" in fitted.state_dict or not has_head)
+    return fitted.fmt
 
-    head_loaded = "head.weight" in official
-    missing = [k for k in expected if k not in official and (head_loaded or not k.startswith("head."))]
-    mismatched = [
-        f"{k}: checkpoint {tuple(official[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected if k in official and official[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        name = getattr(model, "model_name", type(model).__name__)
-        raise CheckpointError(
-            f"{_describe(source)} ({fmt} format) does not fit {name}:"
-            + _listing("missing keys", missing) + _listing("unexpected keys", unexpected)
-            + _listing("shape mismatches", mismatched)
-        )
-    model.load_state_dict(official, strict=head_loaded or not has_head)
-    return fmt
+
+def model_shapes(name: str, num_classes: int = 1000) -> dict[str, torch.Tensor]:
+    """The state dict of model ``name`` as meta tensors: its keys and shapes, without memory or
+    initialisation, to check a checkpoint against. ``num_classes=0``: without classification head."""
+    backbone, num_features = _backbone_shapes(name)
+    if not num_classes:
+        return dict(backbone)
+    # The head is nn.Linear(num_features, num_classes); adding it here saves building the model per head size.
+    head = {"head.weight": torch.empty(num_classes, num_features, device="meta"),
+            "head.bias": torch.empty(num_classes, device="meta")}
+    return {**backbone, **head}
+
+
+@functools.cache
+def _backbone_shapes(name: str) -> tuple[Mapping[str, torch.Tensor], int]:
+    with torch.device("meta"):  # no memory, no initialisation: only shapes
+        model = create_model(name, num_classes=0)
+    return model.state_dict(), model.num_features
 
 
 def _describe(source: str | os.PathLike | Mapping) -> str:

@@ -1,0 +1,37 @@
+"""``pvt convert IN OUT --to official|timm|hf|safetensors [--model NAME]``: rewrite a checkpoint in another layout.
+
+IN may be an official, timm or HF checkpoint (.pth, .safetensors or an HF folder), a training checkpoint
+that wraps one, or an MMDetection / MMSegmentation checkpoint, whose backbone is taken. The model is
+inferred from the keys and shapes unless --model names it. OUT is a folder for --to hf (config.json and
+model.safetensors, loadable with transformers' from_pretrained), a file otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..models.checkpoints import TARGETS, convert_checkpoint
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert a checkpoint between official, timm, HF and safetensors", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", type=Path, metavar="IN", help="checkpoint file or HF folder")
+    parser.add_argument("destination", type=Path, metavar="OUT", help="file to write (a folder for --to hf)")
+    parser.add_argument("--to", required=True, choices=TARGETS, help="layout to write")
+    parser.add_argument("--model", metavar="NAME", help="the model it holds (default: inferred from the file)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    done = convert_checkpoint(args.source, args.destination, args.to, args.model)
+    if done.backbone_only:
+        parts = sorted({key.split(".", 1)[0] for key in done.dropped})
+        print(f"{args.source} is a detector or segmenter checkpoint: took its backbone, left out "
+              f"{len(done.dropped)} tensors of {', '.join(parts)}")
+    head = f"{done.num_classes}-class head" if done.num_classes else "no classification head"
+    print(f"{args.destination}: {done.model} ({head}), {done.source_format} -> {done.target}")
+    return 0
