@@ -35,14 +35,16 @@ def create_model(
     name: str,
     *,
     num_classes: int = 1000,
-    pretrained: str | os.PathLike | Mapping | None = None,
+    pretrained: bool | str | os.PathLike | Mapping | None = None,
     drop_path_rate: float = 0.0,
     features_only: bool = False,
     out_indices: Sequence[int] = (0, 1, 2, 3),
     in_chans: int = 3,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build model ``name``; ``pretrained`` is a checkpoint (official, timm or HF format) or a state dict.
+    """Build model ``name``. ``pretrained=True`` loads the official ImageNet-1K release (downloaded once
+    into the cache, see :mod:`pvtv2.models.hub`); a path or state dict loads that checkpoint (official,
+    timm or HF layout).
 
     ``features_only=True`` returns a model whose forward gives the feature maps of ``out_indices``
     (strides 4, 8, 16, 32) instead of logits.
