@@ -52,6 +52,11 @@ def unfused() -> Iterator[None]:
         _fusion_enabled = previous
 
 
+def capturing_graph() -> bool:
+    """True while torch.compile, torch.export (also ONNX export) or the JIT tracer records the model."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 def _fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         _ONEDNN_FUSION
@@ -60,9 +65,7 @@ def _fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == weight.dtype == torch.float32
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
-        and not torch.jit.is_tracing()
+        and not capturing_graph()
     )
 
 
@@ -92,6 +95,31 @@ def linear(
     x = module(x)
     x = F.gelu(x) if activation == "gelu" else F.relu(x) if activation == "relu" else x
     return x if residual is None else residual + x
+
+
+def _averaging_matrix(out_size: int, in_size: int | torch.SymInt, like: torch.Tensor) -> torch.Tensor:
+    """(out_size, in_size) matrix whose rows average adaptive pooling's windows: [i*n//o, ceil((i+1)*n/o))."""
+    rows = torch.arange(out_size, device=like.device)
+    start = rows * in_size // out_size
+    end = ((rows + 1) * in_size + out_size - 1) // out_size
+    cols = torch.arange(in_size, device=like.device)
+    inside = (cols[None, :] >= start[:, None]) & (cols[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+
+def adaptive_avg_pool(pool: nn.AdaptiveAvgPool2d, x: torch.Tensor) -> torch.Tensor:
+    """``pool(x)``, written as two small matmuls while a graph is recorded for export.
+
+    Exporters turn adaptive pooling into a fixed window computed for the example input's size, so the
+    exported model silently pools wrongly at any other size; the matmul form holds for every size.
+    """
+    if not (torch.compiler.is_exporting() or torch.jit.is_tracing()):
+        return pool(x)
+    size = pool.output_size
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    rows = _averaging_matrix(out_h, x.shape[-2], x)
+    cols = _averaging_matrix(out_w, x.shape[-1], x)
+    return rows @ x @ cols.T  # (o, H) @ (B, C, H, W) @ (W, o) -> (B, C, o, o)
 
 
 class PatchEmbed(nn.Module):
@@ -174,7 +202,7 @@ class SpatialReductionAttention(nn.Module):
         if self.reduces:
             kv_in = tokens_to_image(x, height, width)
             if self.linear:
-                kv_in = self.pool(kv_in)
+                kv_in = adaptive_avg_pool(self.pool, kv_in)
             kv_in = self.norm(image_to_tokens(self.sr(kv_in)))
             if self.linear:
                 kv_in = self.act(kv_in)

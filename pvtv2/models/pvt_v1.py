@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import BLOCK_NORM_EPS, PatchEmbed
+from .layers import BLOCK_NORM_EPS, PatchEmbed, capturing_graph
 from .pyramid import NUM_STAGES, PyramidVisionTransformerBase, stage_grid_sizes
 from .registry import register_family
 
@@ -61,7 +61,8 @@ class PyramidVisionTransformer(PyramidVisionTransformerBase):
         grid = self.pos_grids[stage]
         if stage == NUM_STAGES - 1:
             pos = pos[:, 1:]
-        if (height, width) != (grid, grid):
+        # An exported graph must resize for every size, not only for the example input's.
+        if capturing_graph() or (height, width) != (grid, grid):
             pos = pos.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)  # (1, N, C) -> (1, C, g, g)
             pos = F.interpolate(pos, size=(height, width), mode="bilinear", align_corners=False)
             pos = pos.flatten(2).transpose(1, 2)
