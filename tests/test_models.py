@@ -152,3 +152,18 @@ def test_official_layout_and_layer_norm_eps():
     v1 = pvtv2.create_model("pvt_small")
     assert {"pos_embed1", "cls_token", "norm.weight"} <= set(v1.state_dict())
     assert v1.patch_embed1.proj.kernel_size == (4, 4) and v1.patch_embed1.proj.stride == (4, 4)
+
+
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_tiny"])
+def test_fused_cpu_inference_equals_the_plain_modules(name):
+    from pvtv2.models.layers import unfused
+
+    model = pvtv2.create_model(name).eval()
+    x = torch.randn(2, 3, 96, 112)
+    with torch.inference_mode():
+        fused = model(x)
+        with unfused():
+            plain = model(x)
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
+    # With autograd on, the plain modules run and gradients flow.
+    assert model(x).requires_grad
