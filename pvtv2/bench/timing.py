@@ -1,0 +1,61 @@
+"""Interleaved timing: every round times each implementation once, so drift in the machine's load,
+clock or caches during a run falls on all of them alike instead of on whichever ran last."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+
+
+def synchronizer(device: str) -> Callable[[], None]:
+    """What makes a call's work finished when it returns: CUDA kernels run asynchronously."""
+    if device == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def warm_up(
+    calls: Mapping[str, Callable[[], object]], rounds: int, synchronize: Callable[[], None] = lambda: None
+) -> None:
+    """``rounds`` untimed rounds of ``calls``: first calls pay for allocation, autotuning and compilation."""
+    for _ in range(rounds):
+        for call in calls.values():
+            call()
+        synchronize()
+
+
+def interleaved_times(
+    calls: Mapping[str, Callable[[], object]], rounds: int, synchronize: Callable[[], None] = lambda: None
+) -> dict[str, list[float]]:
+    """Seconds per call of each of ``calls`` over ``rounds`` rounds.
+
+    Each round runs every call once, starting one further along the list each time, so none is always
+    first (right after another's memory was freed) or last. The garbage collector is off while timing,
+    as in ``timeit``, so a collection does not land in one implementation's figures.
+    """
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for round_index in range(rounds):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                synchronize()
+                start = time.perf_counter()
+                calls[name]()
+                synchronize()
+                times[name].append(time.perf_counter() - start)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return times
+
+
+def median(times: Sequence[float]) -> float:
+    return statistics.median(times)

@@ -1,0 +1,187 @@
+"""pvt bench: our models against timm's and HF transformers' with the same weights, side by side.
+
+All implementations run in one process, interleaved round by round, after warm-up; figures are medians.
+Measured: inference images/s (batch 1 and 8 on CPU, 64 and 256 on GPU, 224x224, inference mode), one
+training step's images/s (forward, backward, AdamW; batch 8 on CPU, 128 on GPU), peak memory (CPU RSS or
+CUDA allocations above the idle process), achieved GFLOP/s as a fraction of a measured matmul peak, and
+batch-1 cost against resolution (224..1024 px) for B2, B2-Li and PVT-Small with its growth exponent in
+pixel count. timm has no PVTv1; a peer that is not installed is left out.
+
+Writes DIR/bench.json (every figure) and DIR/resolution.png (the resolution sweep). --quick runs B0 and
+B2 (training at batch 2) with B2-Li's scaling up to 640 px, 3 rounds: under 3 minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..bench import BenchConfig, run_suite, write_results
+from ..bench.report import describe_mode
+from ..bench.peers import PEERS
+from .common import format_table, select_models
+
+PEER_TITLES = {"timm": "timm", "hf": "HF"}
+BUSY_LOAD_PER_CPU = 0.25  # a 1-minute load average above this per CPU means the machine was not idle
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="speed and memory against timm and HF transformers", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
+    parser.add_argument("--quick", action="store_true", help="a small configuration (< 3 min on a 2-core CPU)")
+    parser.add_argument("--models", nargs="+", metavar="PATTERN",
+                        help="shell-style filters for the throughput runs (default: B0, B1, B2, B2-Li, Tiny, Small)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every implementation")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last weights and images")
+    parser.add_argument("--amp", choices=("bf16",), help="autocast to this dtype (meant for GPUs)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), metavar="DIR",
+                        help="folder for bench.json and resolution.png (default: benchmarks/results)")
+    finer = parser.add_argument_group("finer settings (defaults: those of --device and --quick)")
+    finer.add_argument("--image-size", type=int, metavar="PX", help="input size of the throughput runs (224)")
+    finer.add_argument("--batch", nargs="+", type=int, metavar="N", help="inference batch sizes")
+    finer.add_argument("--train-batch", type=int, metavar="N", help="training batch size; 0: no training step")
+    finer.add_argument("--sweep-models", nargs="*", metavar="PATTERN",
+                       help="models of the resolution sweep; none given: no sweep")
+    finer.add_argument("--sizes", nargs="+", type=int, metavar="PX", help="input sizes of the resolution sweep")
+    finer.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's, all cores)")
+    finer.add_argument("--warmup", type=int, metavar="N", help="untimed rounds before the memory call and timing")
+    finer.add_argument("--rounds", type=int, metavar="N", help="timed rounds of the throughput runs")
+    finer.add_argument("--sweep-rounds", type=int, metavar="N", help="timed rounds at each sweep size")
+    parser.set_defaults(handler=run)
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """The preset of --device and --quick, with whatever the other options set."""
+    overrides: dict[str, Any] = dict(compile=args.compile, channels_last=args.channels_last, amp=args.amp)
+    if args.models:
+        overrides["models"] = tuple(select_models(args.models))
+    if args.sweep_models is not None:
+        overrides["sweep_models"] = tuple(select_models(args.sweep_models)) if args.sweep_models else ()
+    optional = dict(image_size=args.image_size, infer_batches=args.batch and tuple(args.batch),
+                    sweep_sizes=args.sizes and tuple(args.sizes), threads=args.threads, warmup=args.warmup,
+                    rounds=args.rounds, sweep_rounds=args.sweep_rounds)
+    overrides |= {key: value for key, value in optional.items() if value is not None}
+    if args.train_batch is not None:
+        overrides["train_batch"] = args.train_batch or None
+    return BenchConfig.preset(args.device, args.quick, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    started = time.perf_counter()
+    results = run_suite(config, log=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
+    print(format_report(results))
+    written = write_results(results, args.out)
+    print(f"\nwrote {', '.join(map(str, written))} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def format_report(results: dict[str, Any]) -> str:
+    """The tables ``pvt bench`` prints: throughput, memory, resolution scaling."""
+    config, machine = results["config"], results["machine"]
+    peak, nominal = machine["attainable_peak"], machine["nominal_peak"]
+    lines = [
+        f"{machine['name']} ({config['device']}, {machine['torch_threads']} torch threads), "
+        f"{describe_mode(config)}; "
+        f"medians of {config['rounds']} interleaved rounds, after {config['warmup']} warm-up rounds and a memory call",
+        f"peak: {peak['gflops']:.1f} GFLOP/s attainable, {peak['method']}",
+    ]
+    if nominal:
+        lines.append(f"      {nominal['gflops']:.1f} GFLOP/s nominal = {nominal['method']}")
+    load = results["meta"]["load_average"]
+    if load["before"] is not None:
+        # This run's own threads count in the "after" figure; the "before" one is other processes'.
+        lines.append(f"load average (1 min): {load['before']:.2f} before the run, {load['after']:.2f} after")
+        if load["before"] > BUSY_LOAD_PER_CPU * machine["cpu_count"]:
+            lines.append("WARNING: other processes were using the CPU: threads waiting for descheduled peers make "
+                         "every figure slower and noisier (the ratios less so, being interleaved)")
+    lines += [
+        results["flop_convention"],
+        f"memory: {results['memory_method']}",
+        "max rel. diff: largest difference of a peer's logits from ours over their largest value (same weights)",
+        "",
+    ]
+    if results["throughput"]:
+        lines += ["throughput (images/s)", _throughput_table(results["throughput"]), "",
+                  "peak memory (MB)", _memory_table(results["throughput"]), ""]
+    if results["sweep"]:
+        lines += [f"cost against resolution (batch 1, medians of {config['sweep_rounds']} rounds)",
+                  _sweep_table(results["sweep"]), "",
+                  "growth exponent in pixel count (time ~ pixels^k; 1 = linear, 2 = quadratic)",
+                  _fits_table(results["sweep_fits"])]
+    return "\n".join(lines).rstrip()
+
+
+def _task(row: dict[str, Any]) -> str:
+    return f"{'infer' if row['task'] == 'inference' else 'train'} b{row['batch']}"
+
+
+def _throughput_table(rows: list[dict[str, Any]]) -> str:
+    text_rows = []
+    for row in rows:
+        impls, ours = row["impls"], row["impls"]["ours"]
+        diffs = row.get("max_rel_diff", {})
+        text_rows.append(dict(
+            model=row["model"], task=_task(row), ours=f"{ours['images_per_s']:.1f}",
+            **{peer: _maybe(impls.get(peer), lambda r: f"{r['images_per_s']:.1f}") for peer in PEERS},
+            **{f"vs_{peer}": _maybe(row["ratios"].get(f"ours/{peer}"), lambda r: f"{r:.2f}x") for peer in PEERS},
+            gflops=f"{ours['gflops_per_s']:.1f}", fraction=f"{100 * ours['peak_fraction']:.0f}%",
+            diff=_maybe(max(diffs.values(), default=None), lambda d: f"{d:.0e}"),
+        ))
+    headers = dict(model="model", task="task", ours="ours", **PEER_TITLES,
+                   **{f"vs_{peer}": f"ours/{title}" for peer, title in PEER_TITLES.items()},
+                   gflops="ours GFLOP/s", fraction="of peak", diff="max rel. diff")
+    return format_table(text_rows, headers)
+
+
+def _memory_table(rows: list[dict[str, Any]]) -> str:
+    text_rows = [
+        dict(model=row["model"], task=_task(row),
+             **{impl: _maybe(row["impls"].get(impl), lambda r: f"{r['peak_memory_mb']:.0f}")
+                for impl in ("ours", *PEERS)})
+        for row in rows
+    ]
+    return format_table(text_rows, dict(model="model", task="task", ours="ours", **PEER_TITLES))
+
+
+def _sweep_table(rows: list[dict[str, Any]]) -> str:
+    text_rows = []
+    for row in rows:
+        impls = row["impls"]
+        text_rows.append(dict(
+            model=row["model"], size=f"{row['image_size']}",
+            **{f"{impl}_ms": _maybe(impls.get(impl), lambda r: f"{r['median_s'] * 1e3:.0f}")
+               for impl in ("ours", *PEERS)},
+            **{f"vs_{peer}": _maybe(row["ratios"].get(f"ours/{peer}"), lambda r: f"{r:.2f}x") for peer in PEERS},
+            **{f"{impl}_mb": _maybe(impls.get(impl), lambda r: f"{r['peak_memory_mb']:.0f}")
+               for impl in ("ours", *PEERS)},
+            diff=_maybe(max(row.get("max_rel_diff", {}).values(), default=None), lambda d: f"{d:.0e}"),
+        ))
+    titles = dict(ours="ours", **PEER_TITLES)
+    headers = dict(model="model", size="px", **{f"{i}_ms": f"{t} ms" for i, t in titles.items()},
+                   **{f"vs_{peer}": f"ours/{title}" for peer, title in PEER_TITLES.items()},
+                   **{f"{i}_mb": f"{t} MB" for i, t in titles.items()}, diff="max rel. diff")
+    return format_table(text_rows, headers)
+
+
+def _fits_table(fits: list[dict[str, Any]]) -> str:
+    text_rows = [
+        dict(model=fit["model"], impl=PEER_TITLES.get(fit["impl"], fit["impl"]),
+             time=_maybe(fit["time_exponent"], lambda k: f"{k:.2f}"),
+             memory=_maybe(fit["memory_exponent"], lambda k: f"{k:.2f}"),
+             sizes=f"{fit['fit_sizes'][0]}..{fit['fit_sizes'][-1]} px")
+        for fit in fits
+    ]
+    headers = dict(model="model", impl="impl", time="time", memory="memory", sizes="fitted over")
+    return format_table(text_rows, headers, left=("model", "impl", "sizes"))
+
+
+def _maybe(value: Any, text: Any) -> str:
+    """``text(value)``, or "-" for a peer that did not run (timm has no PVTv1; a package not installed)."""
+    return "-" if value is None else text(value)

@@ -1,0 +1,93 @@
+"""``pvt bench`` on a tiny configuration: what it reports and writes, never how fast (timings belong to
+the machine, not to the code under test)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from pvtv2.bench.suite import growth_exponent
+from pvtv2.cli.main import main
+
+TINY = [
+    "bench", "--models", "pvt_v2_b0", "pvt_tiny", "--image-size", "64", "--batch", "1", "--train-batch", "1",
+    "--sweep-models", "pvt_v2_b0", "pvt_tiny", "--sizes", "64", "96",
+    "--warmup", "0", "--rounds", "1", "--sweep-rounds", "1",
+    # One thread: nothing here is timed, and on a busy machine two threads can wait ~10 ms on each other
+    # at every op (the run then takes minutes instead of seconds).
+    "--threads", "1",
+]
+IMPL_FIGURES = {"median_s", "times_s", "images_per_s", "gflops_per_s", "peak_fraction", "peak_memory_mb"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path]:
+    out_dir = tmp_path_factory.mktemp("bench")
+    printed = io.StringIO()  # capsys is per test; the run is shared by the module's tests
+    with contextlib.redirect_stdout(printed):
+        code = main([*TINY, "--out", str(out_dir)])
+    return code, printed.getvalue(), out_dir
+
+
+def test_bench_writes_json_and_plot(tiny_run: tuple[int, str, Path]) -> None:
+    code, _, out_dir = tiny_run
+    assert code == 0
+    assert (out_dir / "resolution.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((out_dir / "bench.json").read_text())
+    assert set(results) >= {"meta", "config", "machine", "throughput", "sweep", "sweep_fits"}
+    assert results["machine"]["attainable_peak"]["gflops"] > 0
+
+
+def test_bench_compares_every_installed_peer(tiny_run: tuple[int, str, Path]) -> None:
+    results = json.loads((tiny_run[2] / "bench.json").read_text())
+    rows = results["throughput"]
+    assert [(r["model"], r["task"], r["batch"]) for r in rows] == [
+        ("pvt_v2_b0", "inference", 1), ("pvt_v2_b0", "training", 1),
+        ("pvt_tiny", "inference", 1), ("pvt_tiny", "training", 1),
+    ]
+    for row in rows:
+        peers = ["timm", "hf"] if row["model"].startswith("pvt_v2") else ["hf"]  # timm has no PVTv1
+        assert list(row["impls"]) == ["ours", *peers]
+        assert list(row["ratios"]) == [f"ours/{peer}" for peer in peers]
+        for figures in row["impls"].values():
+            assert set(figures) == IMPL_FIGURES and len(figures["times_s"]) == 1
+            assert figures["images_per_s"] > 0 and figures["peak_memory_mb"] >= 0
+        if row["task"] == "inference":
+            # The speeds compared are of the same numbers: every peer's logits equal ours.
+            assert list(row["max_rel_diff"]) == peers
+            assert max(row["max_rel_diff"].values()) < 1e-4
+
+
+def test_bench_sweeps_resolution_and_fits_exponents(tiny_run: tuple[int, str, Path]) -> None:
+    results = json.loads((tiny_run[2] / "bench.json").read_text())
+    assert [(r["model"], r["image_size"]) for r in results["sweep"]] == [
+        ("pvt_v2_b0", 64), ("pvt_v2_b0", 96), ("pvt_tiny", 64), ("pvt_tiny", 96),
+    ]
+    fits = {(f["model"], f["impl"]): f for f in results["sweep_fits"]}
+    assert set(fits) == {("pvt_v2_b0", "ours"), ("pvt_v2_b0", "timm"), ("pvt_v2_b0", "hf"),
+                         ("pvt_tiny", "ours"), ("pvt_tiny", "hf")}
+    for fit in fits.values():
+        # No size lies in the default 448..1024 fit range, so the fit falls back to every size measured.
+        assert fit["fit_sizes"] == [64, 96] and isinstance(fit["time_exponent"], float)
+
+
+def test_bench_prints_the_tables(tiny_run: tuple[int, str, Path]) -> None:
+    _, printed, _ = tiny_run
+    for title in ("throughput (images/s)", "peak memory (MB)", "cost against resolution", "growth exponent"):
+        assert title in printed
+    assert "ours/timm" in printed and "ours/HF" in printed
+
+
+def test_growth_exponent_recovers_a_power_law() -> None:
+    pixels = [s * s for s in (448, 640, 800, 1024)]
+    assert growth_exponent(pixels, [3.0 * p**1.5 for p in pixels]) == pytest.approx(1.5)
+    assert growth_exponent(pixels[:1], [1.0]) is None
+
+
+def test_bench_rejects_an_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--models", "pvt_v9"]) == 2
+    assert "pvt_v9" in capsys.readouterr().err
