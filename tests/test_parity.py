@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import pvtv2
-from pvtv2.models.convert import from_official
 
-from .peers import hf_model, hf_with_weights_of, relative_error, timm_with_weights_of
+from .peers import hf_with_weights_of, relative_error, timm_with_weights_of
 
 TOLERANCE = 1e-4
 BIG = {"pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5", "pvt_medium", "pvt_large"}
@@ -61,7 +60,7 @@ def test_pvt_v1_matches_hf(name, images):
     # new grid instead of resizing it), so the odd-size check uses an HF model configured for 250x250 whose
     # position embeddings are ours resized by the official rule (bilinear, align_corners=False).
     for size in [224, 250]:
-        hf = hf_with_weights_of(ours, name) if size == 224 else _hf_v1_resized(ours, name, size)
+        hf = hf_with_weights_of(ours, name, image_size=size)
         x = images[(size, size)]
         with torch.no_grad():
             logits = ours(x)
@@ -75,19 +74,6 @@ def test_pvt_v1_matches_hf(name, images):
             mine_tokens = mine.flatten(2).transpose(1, 2)
             assert mine_tokens.shape == theirs.shape
             assert relative_error(mine_tokens, theirs) < TOLERANCE, (name, size, "level", level)
-
-
-def _hf_v1_resized(ours, name, size):
-    hf = hf_model(name, image_size=size)
-    state = from_official(ours.state_dict(), "hf")
-    for stage in range(4):
-        grid = hf.pvt.encoder.patch_embeddings[stage].image_size[0] // hf.pvt.encoder.patch_embeddings[stage].patch_size[0]
-        resized = ours.position_embedding(stage, grid, grid).detach()
-        if stage == 3:
-            resized = torch.cat((ours.pos_embed4[:, :1].detach(), resized), dim=1)
-        state[f"pvt.encoder.patch_embeddings.{stage}.position_embeddings"] = resized
-    hf.load_state_dict(state, strict=True)
-    return hf
 
 
 def test_odd_size_v1_pyramid_is_not_silently_truncated(images):
