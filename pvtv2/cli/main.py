@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import bench, convert, demo, export, info, models, table, weights
+from . import bench, convert, demo, eval, export, info, models, predict, table, train, weights
 from .common import CommandError
 
 # Each module adds its own subcommand; a new one (train, bench, export...) is one more entry here.
-SUBCOMMANDS = (demo, models, table, info, weights, convert, export, bench)
+SUBCOMMANDS = (demo, models, table, info, weights, convert, export, bench, train, eval, predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,70 @@
+"""pvt predict: the top-k classes of images, with their probabilities.
+
+  pvt predict cat.jpg dog.png --checkpoint runs/my_run/best.pth --topk 5
+  pvt predict photo.jpg --checkpoint pvt_v2_b2.pth        # official weights: ImageNet-1K class names
+
+Class names come from the pvt train checkpoint (its training folders); a 1000-class head of other weights
+is given the ImageNet-1K names, any other head class indices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .common import CommandError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="top-k classes of images", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="pvt train checkpoint, or official/timm/HF weights")
+    parser.add_argument("--model", metavar="NAME", help="model of the weights (default: from the checkpoint)")
+    parser.add_argument("--topk", type=int, default=5, help="how many classes per image (default: 5)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--ema", action="store_true", help="use the EMA weights of a pvt train checkpoint")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.topk < 1:
+        raise CommandError(f"--topk must be at least 1, got {args.topk}")
+    # Imported here, so that the other subcommands do not load the training stack (timm).
+    from ..data import eval_transform
+    from ..engine.distributed import resolve_device
+    from ..engine.inference import load_classifier
+
+    device = resolve_device(args.device)
+    classifier = load_classifier(args.checkpoint, args.model, use_ema=args.ema)
+    transform = eval_transform(classifier.img_size, classifier.crop_pct, classifier.interpolation)
+    batch = torch.stack([transform(read_image(path)) for path in args.images]).to(device)  # (N, 3, S, S)
+    with torch.inference_mode():
+        probabilities = classifier.model.to(device)(batch).float().softmax(dim=1)
+    top = probabilities.topk(min(args.topk, probabilities.shape[1]), dim=1)
+    for path, values, indices in zip(args.images, top.values.tolist(), top.indices.tolist()):
+        names = [classifier.class_names[i] for i in indices]
+        if args.json:
+            print(json.dumps(dict(image=str(path), top=[dict(index=i, name=n, probability=p)
+                                                        for i, n, p in zip(indices, names, values)])))
+            continue
+        print(path)
+        for rank, (name, probability) in enumerate(zip(names, values), start=1):
+            print(f"  {rank}. {name:30s} {100 * probability:6.2f}%")
+    return 0
+
+
+def read_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as error:  # missing, unidentified, truncated
+        raise CommandError(f"cannot read image {path}: {error}") from error

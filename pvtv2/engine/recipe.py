@@ -1,0 +1,94 @@
+"""The paper's training recipe, assembled from timm and torch pieces rather than rewritten.
+
+Each function turns a part of the config into the object that implements it: AdamW with timm's
+weight-decay groups, timm's cosine schedule with warm-up, timm's Mixup with its soft-target loss, the
+repeated-augmentation sampler and the mixed-precision settings.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from timm.data import Mixup
+from timm.data.distributed_sampler import RepeatAugSampler
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from .config import AugmentConfig, OptimConfig
+
+LR_REFERENCE_BATCH = 512  # base_lr is the lr for 512 images per step (DeiT's rule)
+REPEATS = 3  # repeated augmentation: every image three times per epoch, on different processes
+
+
+def scaled_lr(base_lr: float, total_batch: int) -> float:
+    """Linear scaling: 5e-4 at 512 images per step gives 1e-3 at 8 GPUs x 128."""
+    return base_lr * total_batch / LR_REFERENCE_BATCH
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on 1-D parameters (norms, biases) nor on what the model lists in
+    ``no_weight_decay()`` (PVTv1's position embeddings and class token)."""
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=model.no_weight_decay())
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, steps_per_epoch: int) -> CosineLRScheduler:
+    """Cosine decay to ``min_lr`` after a linear warm-up from ``warmup_lr``, updated every step (the lr of
+    step t is set by ``scheduler.step_update(t)``)."""
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=optim.epochs * steps_per_epoch,
+        lr_min=optim.min_lr,
+        warmup_t=optim.warmup_epochs * steps_per_epoch,
+        warmup_lr_init=optim.warmup_lr,
+        t_in_epochs=False,
+    )
+
+
+def build_mixup(augment: AugmentConfig, num_classes: int) -> Mixup | None:
+    """timm's batch-wise mixup / cutmix with label smoothing; None when both are off."""
+    if augment.mixup <= 0 and augment.cutmix <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=augment.mixup, cutmix_alpha=augment.cutmix, prob=augment.mixup_prob,
+        switch_prob=augment.mixup_switch_prob, mode="batch", label_smoothing=augment.label_smoothing,
+        num_classes=num_classes,
+    )
+
+
+def build_criterion(augment: AugmentConfig, mixup: Mixup | None) -> nn.Module:
+    """The training loss: soft targets under mixup (which smooths the labels itself), else (smoothed) CE."""
+    if mixup is not None:
+        return SoftTargetCrossEntropy()
+    if augment.label_smoothing > 0:
+        return LabelSmoothingCrossEntropy(augment.label_smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def build_train_sampler(dataset: Dataset, repeated_aug: bool, rank: int, world_size: int, seed: int) -> Sampler:
+    """This process's share of each epoch, reshuffled by ``set_epoch``.
+
+    Both samplers deal one shuffled order out round-robin, so N processes with batch b see the same images
+    per step as one process with batch N x b.
+    """
+    if repeated_aug:
+        return RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, num_repeats=REPEATS)
+    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+
+
+def autocast(device: torch.device, amp: str) -> AbstractContextManager:
+    """Mixed precision on GPU (bf16 or fp16); float32 on CPU, where autocast would only slow training."""
+    if device.type != "cuda" or amp == "none":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def precision(device: torch.device, amp: str) -> str:
+    """What :func:`autocast` does, in words."""
+    if device.type != "cuda" or amp == "none":
+        return "float32"
+    return "bf16 autocast" if amp == "bf16" else "fp16 autocast + grad scaler"
