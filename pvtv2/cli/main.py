@@ -6,11 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import bench, convert, demo, eval, export, info, models, predict, table, train, weights
+from . import bench, convert, data, demo, eval, export, info, models, predict, table, train, weights
 from .common import CommandError
 
 # Each module adds its own subcommand; a new one (train, bench, export...) is one more entry here.
-SUBCOMMANDS = (demo, models, table, info, weights, convert, export, bench, train, eval, predict)
+SUBCOMMANDS = (
+    demo, models, table, info, weights, convert, export, bench, train, eval, predict, data,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
