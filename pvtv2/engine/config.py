@@ -245,3 +245,80 @@ def _unknown(key: str, known: Iterable[str], what: str, shown: str) -> str:
     close = difflib.get_close_matches(key, known, n=3)
     hint = f"; did you mean {' or '.join(close)}?" if close else f"; known: {', '.join(known)}"
     return f"unknown {what} {shown!r}{hint}"
+
+
+# Generic versions of the loaders above, for other tasks' configs (segmentation, detection): any dataclass
+# whose fields are section dataclasses, with the same validation, coercion and overrides.
+
+
+def section_types(root: type) -> dict[str, type]:
+    """Section name -> its dataclass, for a config dataclass ``root`` made of section dataclasses."""
+    return typing.get_type_hints(root)
+
+
+def section_field_names(root: type) -> dict[str, str]:
+    """Every field of ``root``'s sections as ``key -> section`` (field names must be unique across sections)."""
+    names: dict[str, str] = {}
+    for section, cls in section_types(root).items():
+        for f in dataclasses.fields(cls):
+            assert f.name not in names, f"config field {f.name!r} is in two sections"
+            names[f.name] = section
+    return names
+
+
+def sections_from_dict(root: type, data: Mapping[str, Any] | None, source: str = "the config") -> Any:
+    """Build and validate a ``root`` config from ``{section: {key: value}}`` (as :func:`config_from_dict`)."""
+    data = data or {}
+    sections_of = section_types(root)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source} must be a mapping of sections ({', '.join(sections_of)}), got {type(data).__name__}")
+    _check_known(data, sections_of, "section", source)
+    sections = {}
+    for name, cls in sections_of.items():
+        values = data.get(name) or {}
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{source}: section {name!r} must be a mapping of keys to values, got {values!r}")
+        hints = typing.get_type_hints(cls)
+        _check_known(values, hints, f"key of section {name!r}", source)
+        sections[name] = cls(**{k: coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()})
+    return root(**sections)
+
+
+def load_sections(root: type, path: str | Path, overrides: Iterable[tuple[str, str]] = ()) -> Any:
+    """Read a YAML config of ``root``'s sections and apply ``(key, value)`` overrides (as :func:`load_config`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    import yaml
+
+    with path.open() as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path} must be a mapping of sections, got {type(data).__name__}")
+    data = {section: dict(values) if isinstance(values, Mapping) else values for section, values in data.items()}
+    sections_of, owner = section_types(root), section_field_names(root)
+    for key, value in overrides:
+        section, _, name = key.rpartition(".")
+        if not section:
+            if name not in owner:
+                raise ConfigError(_unknown(name, owner, "config key", "--" + name))
+            section = owner[name]
+        elif section not in sections_of or name not in owner or owner[name] != section:
+            raise ConfigError(_unknown(key, [f"{s}.{k}" for k, s in owner.items()], "config key", "--" + key))
+        if data.get(section) is None:
+            data[section] = {}
+        values = data[section]
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path}: section {section!r} must be a mapping, got {values!r}")
+        values[name] = value
+    return sections_from_dict(root, data, f"config file {path}")
+
+
+def sections_to_dict(config: Any) -> dict[str, dict[str, Any]]:
+    """Plain sections of plain values (tuples as lists) of any sectioned config, for YAML and checkpoints."""
+    sections = {f.name: dataclasses.asdict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    return {name: {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+            for name, values in sections.items()}

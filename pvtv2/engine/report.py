@@ -14,11 +14,12 @@ CURVES = "curves.png"
 class MetricsLog:
     """The epochs' records, one JSON line each, appended as they finish."""
 
-    def __init__(self, output_dir: str | Path, resumed_epoch: int = 0) -> None:
+    def __init__(self, output_dir: str | Path, resumed_epoch: int = 0, key: str = "epoch") -> None:
         """A new run (``resumed_epoch=0``) starts an empty file; a resumed one keeps the records of the
-        epochs its checkpoint has and drops later ones, which the resumed run trains again."""
+        epochs its checkpoint has and drops later ones, which the resumed run trains again. ``key`` names
+        the record field that counts progress (``"iteration"`` for iteration-based training)."""
         self.path = Path(output_dir) / METRICS
-        kept = [r for r in read_metrics(self.path) if r["epoch"] <= resumed_epoch] if resumed_epoch else []
+        kept = [r for r in read_metrics(self.path) if r[key] <= resumed_epoch] if resumed_epoch else []
         self.records: list[dict[str, Any]] = kept
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
