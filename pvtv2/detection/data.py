@@ -1,0 +1,208 @@
+"""COCO-format detection data: an images folder and an ``instances`` JSON, checked on load, with the
+paper's training pipeline in torchvision.transforms.v2 (tv_tensors keep boxes and masks with the image).
+
+Training images are resized to a shorter side drawn from ``[low, high]`` (800 for 1x, 640-800 for 3x)
+with the longer side at most ``max_size`` (1333), and flipped horizontally with probability 0.5.
+Evaluation images stay as they are: the detector resizes them and maps its boxes and masks back to the
+original pixels, which is what COCO evaluation compares against.
+
+Labels are the categories in id order, numbered from 1 (0 is Mask R-CNN's background).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from PIL import Image
+from torchvision.transforms import v2
+
+from ..data import DatasetError
+
+logger = logging.getLogger("pvtv2")
+
+BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image (rounding in annotation tools) before it is an error
+MIN_BOX_SIDE = 1.0  # boxes narrower or lower than this many pixels are degenerate and dropped
+
+
+@dataclass(frozen=True)
+class SplitPaths:
+    images: Path
+    annotations: Path
+
+
+def split_paths(root: str | Path, split: str) -> SplitPaths:
+    """COCO layout: images in ``root/split``, annotations in ``root/annotations/instances_<split>.json``."""
+    root = Path(root)
+    return SplitPaths(root / split, root / "annotations" / f"instances_{split}.json")
+
+
+class CocoDetection(Dataset):
+    """One split of a COCO-format data set; item ``i`` is ``(image, target)`` for torchvision's detectors:
+    a float image (3, H, W) in [0, 1] and ``boxes`` (N, 4) xyxy, ``labels`` (N,), ``masks`` (N, H, W) uint8
+    (with ``with_masks``), ``image_id``.
+
+    Checked on load, each a :class:`DatasetError` that names the image or annotation: a missing image
+    file or folder, an annotation of an unknown category or image, a box outside its image. Boxes of zero
+    width or height are dropped with a warning that counts them. Crowd regions are left out of training
+    targets (COCO evaluation reads them from the JSON). ``skip_empty`` leaves out images with no object,
+    as MMDetection does for training.
+    """
+
+    def __init__(
+        self,
+        images: str | Path,
+        annotations: str | Path,
+        transform: Callable | None = None,
+        *,
+        with_masks: bool = True,
+        skip_empty: bool = False,
+    ) -> None:
+        from pycocotools.coco import COCO
+
+        self.images_dir, self.annotation_file = Path(images), Path(annotations)
+        if not self.annotation_file.is_file():
+            raise DatasetError(f"annotation file {self.annotation_file} does not exist")
+        if not self.images_dir.is_dir():
+            raise DatasetError(f"image folder {self.images_dir} does not exist")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+                self.coco = COCO(str(self.annotation_file))
+        except (ValueError, KeyError, TypeError) as error:
+            raise DatasetError(f"{self.annotation_file} is not a COCO instances file: {error!r}") from error
+        self.transform = transform
+        self.with_masks = with_masks
+        self.category_ids = sorted(self.coco.getCatIds())
+        if not self.category_ids:
+            raise DatasetError(f"{self.annotation_file} has no categories")
+        self.classes = [self.coco.cats[c]["name"] for c in self.category_ids]
+        self.label_of = {c: i + 1 for i, c in enumerate(self.category_ids)}
+        self.objects, degenerate = self._check_annotations()
+        if degenerate:
+            logger.warning("%s: dropped %d degenerate boxes (width or height under %g pixel), e.g. annotation ids %s",
+                           self.annotation_file, len(degenerate), MIN_BOX_SIDE, degenerate[:5])
+        self.dropped_boxes = len(degenerate)
+        self.image_ids = [i for i in sorted(self.coco.imgs) if not skip_empty or self.objects[i]]
+        if not self.image_ids:
+            raise DatasetError(f"{self.annotation_file} has no images" + (" with objects" if skip_empty else ""))
+        missing = [self._path(i) for i in self.image_ids if not self._path(i).is_file()]
+        if missing:
+            raise DatasetError(f"{len(missing)} images of {self.annotation_file} do not exist, e.g. {missing[0]}")
+
+    def _path(self, image_id: int) -> Path:
+        return self.images_dir / self.coco.imgs[image_id]["file_name"]
+
+    def _check_annotations(self) -> tuple[dict[int, list[dict[str, Any]]], list[int]]:
+        """Per image, its valid non-crowd annotations; and the ids of the degenerate boxes dropped."""
+        objects: dict[int, list[dict[str, Any]]] = {i: [] for i in self.coco.imgs}
+        degenerate = []
+        for ann in self.coco.anns.values():
+            where = f"{self.annotation_file}: annotation {ann.get('id')}"
+            image = self.coco.imgs.get(ann.get("image_id"))
+            if image is None:
+                raise DatasetError(f"{where} refers to image id {ann.get('image_id')!r}, which is not in 'images'")
+            where += f" (image {image['file_name']})"
+            if ann.get("category_id") not in self.label_of:
+                raise DatasetError(f"{where} has category_id {ann.get('category_id')!r}, which is not one of the "
+                                   f"file's categories {self.category_ids}")
+            box = ann.get("bbox")
+            if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+                raise DatasetError(f"{where} has bbox {box!r}; expected [x, y, width, height] in pixels")
+            x, y, w, h = box
+            if w < MIN_BOX_SIDE or h < MIN_BOX_SIDE:
+                degenerate.append(ann.get("id"))
+                continue
+            width, height = image["width"], image["height"]
+            if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE or y + h > height + BOX_TOLERANCE:
+                raise DatasetError(f"{where} has bbox [x, y, w, h] = {box}, outside the {width}x{height} image")
+            if ann.get("iscrowd", 0):
+                continue
+            if self.with_masks and not ann.get("segmentation"):
+                raise DatasetError(f"{where} has no segmentation; a mask detector needs one per object")
+            objects[ann["image_id"]].append(ann)
+        return objects, degenerate
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        path = self._path(image_id)
+        pixels = read_image(path)
+        height, width = pixels.shape[-2:]
+        if (height, width) != (info["height"], info["width"]):
+            raise DatasetError(f"image {path} is {width}x{height}, but {self.annotation_file} says "
+                               f"{info['width']}x{info['height']}")
+        anns = self.objects[image_id]
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)  # within the tolerance checked on load
+        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
+        target: dict[str, Any] = {
+            "boxes": tv_tensors.BoundingBoxes(xyxy, format="XYXY", canvas_size=(height, width)),
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
+            "image_id": image_id,
+        }
+        if self.with_masks:
+            masks = [torch.from_numpy(self.coco.annToMask(a)) for a in anns]
+            target["masks"] = tv_tensors.Mask(torch.stack(masks) if masks else torch.zeros(0, height, width,
+                                                                                          dtype=torch.uint8))
+        image = tv_tensors.Image(pixels)
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, target
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """The RGB pixels of an image file as uint8 (3, H, W); a clear error naming it if it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return v2.functional.pil_to_tensor(image.convert("RGB"))
+    except (OSError, ValueError) as error:  # missing, unidentified, truncated
+        raise DatasetError(f"cannot read image {path}: {error}") from error
+
+
+def train_transform(min_size: tuple[int, int] = (800, 800), max_size: int = 1333, hflip: float = 0.5) -> v2.Compose:
+    """Resize to a shorter side drawn from ``min_size = (low, high)`` and a longer side <= ``max_size``,
+    flip, scale to [0, 1]; boxes left degenerate by the resize are dropped with their labels and masks."""
+    low, high = min_size
+    if not 0 < low <= high:
+        raise ValueError(f"the training shorter side range must be 0 < low <= high, got {min_size}")
+    return v2.Compose([
+        v2.RandomShortestSize(list(range(low, high + 1)), max_size=max_size, antialias=True),
+        v2.RandomHorizontalFlip(hflip),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.SanitizeBoundingBoxes(min_size=MIN_BOX_SIDE),
+    ])
+
+
+def eval_transform() -> v2.Compose:
+    """Scale to [0, 1]; the detector resizes (to its ``min_size``/``max_size``) and maps its output back."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True)])
+
+
+def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """Images of different sizes stay a list, as torchvision's detectors take them."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def ensure_shapes(root: str | Path, num_train: int, num_val: int, size: int, seed: int = 0) -> Path:
+    """The generated shapes data set at ``root``, written first if it is not there (the offline default)."""
+    from ..data.shapes import write_coco_shapes
+
+    root = Path(root)
+    if not (split_paths(root, "train").annotations.is_file() and split_paths(root, "val").annotations.is_file()):
+        logger.warning("writing the generated shapes data set (%d + %d scenes, %d px) to %s", num_train, num_val,
+                       size, root)
+        write_coco_shapes(root, num_train=num_train, num_val=num_val, size=size, seed=seed)
+    return root

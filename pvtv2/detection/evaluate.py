@@ -1,0 +1,105 @@
+"""COCO evaluation with pycocotools: box AP (and mask AP for Mask R-CNN), AP50, AP75 and AP for small,
+medium and large objects, over a data set's ground-truth JSON.
+
+Figures are fractions (0.382), as pycocotools gives them; the paper prints them x 100 (38.2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..engine import distributed
+from ..engine.recipe import autocast
+from .data import CocoDetection
+
+# pycocotools' summary order: COCOeval.stats[i] for the first six figures.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+MASK_THRESHOLD = 0.5  # a mask pixel belongs to the object when the predicted probability exceeds this
+
+
+def to_coco_results(output: dict[str, torch.Tensor], image_id: int, category_ids: list[int]) -> list[dict[str, Any]]:
+    """One image's detections in COCO result format: xywh boxes, dataset category ids, RLE masks if any."""
+    from pycocotools import mask as mask_utils
+
+    boxes = output["boxes"].float().cpu()
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    scores = output["scores"].float().cpu().tolist()
+    labels = output["labels"].cpu().tolist()
+    results = [{"image_id": image_id, "category_id": category_ids[label - 1], "bbox": box, "score": score}
+               for box, score, label in zip(xywh, scores, labels)]
+    if "masks" in output:
+        masks = (output["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy().astype(np.uint8)  # (N, H, W)
+        for result, mask in zip(results, masks):
+            rle = mask_utils.encode(np.asfortranarray(mask))
+            rle["counts"] = rle["counts"].decode("ascii")  # JSON-able, as the COCO result format has it
+            result["segmentation"] = rle
+    return results
+
+
+@torch.no_grad()
+def predict_dataset(model: nn.Module, loader: DataLoader, device: torch.device, amp: str = "none",
+                    show_progress: bool = True) -> list[dict[str, Any]]:
+    """This process's detections over ``loader``, in COCO result format."""
+    model.eval()
+    dataset = loader.dataset
+    base = getattr(dataset, "dataset", dataset)  # a shard is a Subset of the CocoDetection
+    results: list[dict[str, Any]] = []
+    for images, targets in tqdm(loader, desc="evaluating", unit="batch", disable=not show_progress,
+                                dynamic_ncols=True, leave=False):
+        with autocast(device, amp):
+            outputs = model([image.to(device, non_blocking=True) for image in images])
+        for output, target in zip(outputs, targets):
+            results.extend(to_coco_results(output, target["image_id"], base.category_ids))
+    return results
+
+
+def coco_metrics(dataset: CocoDetection, results: list[dict[str, Any]], iou_types: tuple[str, ...]) -> dict[str, float]:
+    """pycocotools' figures of ``results`` against ``dataset``'s annotations, as ``{bbox_AP: ..., segm_AP50: ...}``;
+    zeros when there is no detection at all (pycocotools refuses an empty result list)."""
+    from pycocotools.cocoeval import COCOeval
+
+    metrics: dict[str, float] = {}
+    for iou_type in iou_types:
+        if not results:
+            metrics.update({f"{iou_type}_{name}": 0.0 for name in STAT_NAMES})
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables; we print ours
+            detections = dataset.coco.loadRes(results)
+            evaluator = COCOeval(dataset.coco, detections, iou_type)
+            evaluator.params.imgIds = list(dataset.image_ids)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        # pycocotools gives -1 where a size range has no ground truth; keep it as the "no figure" mark.
+        metrics.update({f"{iou_type}_{name}": float(v) for name, v in zip(STAT_NAMES, evaluator.stats[:6])})
+    return metrics
+
+
+def evaluate(model: nn.Module, loader: DataLoader, dataset: CocoDetection, device: torch.device, amp: str = "none",
+             with_masks: bool = False, show_progress: bool = True) -> dict[str, float]:
+    """COCO metrics of ``model`` on ``dataset`` (``loader`` yields this process's share of it): every
+    process predicts, the main process gathers and scores (others get an empty dict)."""
+    local = predict_dataset(model, loader, device, amp, show_progress)
+    gathered = distributed.all_gather_objects(local)
+    if distributed.dist.is_initialized() and distributed.dist.get_rank() != 0:
+        return {}
+    results = [r for part in gathered for r in part]
+    return coco_metrics(dataset, results, ("bbox", "segm") if with_masks else ("bbox",))
+
+
+def summary(metrics: dict[str, float]) -> str:
+    """``box AP 0.523 (AP50 0.812, AP75 0.601), mask AP 0.471 (...)`` from :func:`coco_metrics`'s figures."""
+    parts = []
+    for iou_type, name in (("bbox", "box"), ("segm", "mask")):
+        if f"{iou_type}_AP" in metrics:
+            parts.append(f"{name} AP {metrics[f'{iou_type}_AP']:.3f} (AP50 {metrics[f'{iou_type}_AP50']:.3f}, "
+                         f"AP75 {metrics[f'{iou_type}_AP75']:.3f})")
+    return ", ".join(parts)

@@ -1,0 +1,170 @@
+"""PVT backbones under torchvision's RetinaNet and Mask R-CNN, with an FPN neck, as in section 5.2.
+
+The detectors are composed from torchvision's pieces (FeaturePyramidNetwork, anchor generators, heads,
+losses, NMS, RoIAlign); only the backbone adapter is ours. The necks follow the paper's MMDetection
+configs:
+
+* RetinaNet: FPN on strides 8, 16, 32 (C3-C5, ``start_level=1``) and two extra levels P6, P7 computed
+  from C5 (``add_extra_convs='on_input'``): 5 levels of 256 channels, 9 anchors per place.
+* Mask R-CNN: FPN on all four levels (C2-C5) plus a max-pooled P6 for the RPN; torchvision's v1 heads
+  (RPN conv, two-fc box head, four-conv mask head, no GroupNorm), as MMDetection's.
+
+Targets use labels 1..K for K classes; 0 is Mask R-CNN's background and a class RetinaNet never sees,
+so both detectors read the same targets (both heads get K + 1 outputs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+
+from ..models import create_model
+
+if TYPE_CHECKING:
+    from .config import DetDataConfig, DetModelConfig
+
+DETECTORS = ("retinanet", "mask_rcnn")
+Detector = Literal["retinanet", "mask_rcnn"]
+
+# Anchor base sizes per FPN level at the paper's scale (shorter side 800): torchvision's defaults, which are
+# MMDetection's (RetinaNet: octave base 4 x strides 8..128; Mask R-CNN: scale 8 x strides 4..64).
+DEFAULT_ANCHOR_SIZES = {"retinanet": (32, 64, 128, 256, 512), "mask_rcnn": (32, 64, 128, 256, 512)}
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+RETINANET_SCALES_PER_OCTAVE = 3
+
+
+class PyramidBackboneWithFPN(nn.Module):
+    """A features-only PVT (strides 4..32) followed by an FPN; returns the FPN levels as an ordered dict,
+    with ``out_channels`` set, as torchvision's detectors expect of a backbone."""
+
+    def __init__(self, body: nn.Module, fpn: FeaturePyramidNetwork, out_channels: int) -> None:
+        super().__init__()
+        self.body = body
+        self.fpn = fpn
+        self.out_channels = out_channels
+
+    def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        features = self.body(images)  # [(B, C_i, H / s_i, W / s_i)] for the body's out_indices
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
+
+
+def build_backbone(
+    kind: Detector,
+    backbone: str,
+    *,
+    fpn_channels: int = 256,
+    pretrained_backbone: str | os.PathLike | Mapping | bool | None = None,
+    drop_path_rate: float = 0.0,
+) -> PyramidBackboneWithFPN:
+    """PVT ``backbone`` with the FPN neck of detector ``kind`` (see the module docstring)."""
+    _check_kind(kind)
+    out_indices = (1, 2, 3) if kind == "retinanet" else (0, 1, 2, 3)
+    body = create_model(backbone, features_only=True, out_indices=out_indices, pretrained=pretrained_backbone,
+                        drop_path_rate=drop_path_rate)
+    channels = body.feature_info.channels()
+    if kind == "retinanet":
+        # P6 from C5 ("on_input"): the extra block sees C5's channels, not P5's.
+        extra: nn.Module = LastLevelP6P7(channels[-1], fpn_channels)
+    else:
+        extra = LastLevelMaxPool()
+    fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=extra)
+    _xavier_init(fpn)  # the paper initialises the new layers with Xavier, as MMDetection's FPN does
+    return PyramidBackboneWithFPN(body, fpn, fpn_channels)
+
+
+def build_detector(
+    kind: Detector,
+    backbone: str = "pvt_v2_b2",
+    *,
+    num_classes: int = 80,
+    pretrained_backbone: str | os.PathLike | Mapping | bool | None = None,
+    drop_path_rate: float = 0.0,
+    min_size: int | Sequence[int] = 800,
+    max_size: int = 1333,
+    fpn_channels: int = 256,
+    anchor_sizes: Sequence[int] | None = None,
+    box_head_channels: int = 1024,
+    mask_head_channels: int = 256,
+    **detector_kwargs: Any,
+) -> nn.Module:
+    """RetinaNet or Mask R-CNN with PVT ``backbone`` and an FPN, for ``num_classes`` object classes.
+
+    ``min_size``/``max_size``: evaluation images are resized to a shorter side of ``min_size`` (the last
+    one when several) and a longer side of at most ``max_size``; training images are resized by the data
+    pipeline (:mod:`pvtv2.detection.data`) and enter the model as they are. ``anchor_sizes``: one base
+    size per FPN level (default: torchvision's, for 800-pixel images). ``fpn_channels``,
+    ``box_head_channels`` and ``mask_head_channels`` default to the paper's (256, 1024, 256); smaller
+    values make quick models for small images. Other keywords go to torchvision's detector
+    (``score_thresh``, ``box_batch_size_per_image``, ``rpn_post_nms_top_n_train``...).
+    """
+    _check_kind(kind)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    body_and_neck = build_backbone(kind, backbone, fpn_channels=fpn_channels,
+                                   pretrained_backbone=pretrained_backbone, drop_path_rate=drop_path_rate)
+    sizes = tuple(anchor_sizes) if anchor_sizes is not None else DEFAULT_ANCHOR_SIZES[kind]
+    if len(sizes) != 5:
+        raise ValueError(f"anchor_sizes needs one base size per FPN level (5), got {list(sizes)}")
+    min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    common = dict(min_size=min_sizes, max_size=max_size, _skip_resize=True, **detector_kwargs)
+    if kind == "retinanet":
+        octave = [2 ** (i / RETINANET_SCALES_PER_OCTAVE) for i in range(RETINANET_SCALES_PER_OCTAVE)]
+        anchors = AnchorGenerator(tuple(tuple(s * o for o in octave) for s in sizes), (ASPECT_RATIOS,) * len(sizes))
+        head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1)
+        return RetinaNet(body_and_neck, num_classes + 1, anchor_generator=anchors, head=head, **common)
+
+    anchors = AnchorGenerator(tuple((s,) for s in sizes), (ASPECT_RATIOS,) * len(sizes))
+    box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_channels)
+    _xavier_init(box_head)  # MMDetection's shared fully-connected layers are Xavier-initialised
+    mask_head = MaskRCNNHeads(fpn_channels, (mask_head_channels,) * 4, 1)
+    return MaskRCNN(
+        body_and_neck, rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2), box_head=box_head,
+        box_predictor=FastRCNNPredictor(box_head_channels, num_classes + 1),
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2), mask_head=mask_head,
+        mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes + 1),
+        **common,
+    )
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in DETECTORS:
+        raise ValueError(f"unknown detector {kind!r}; expected one of {', '.join(DETECTORS)}")
+
+
+def _xavier_init(module: nn.Module) -> None:
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)) and layer.weight.device.type != "meta":
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+def build_from_config(model: DetModelConfig, data: DetDataConfig, num_classes: int, pretrained: bool = True) -> nn.Module:
+    """The detector a training config describes; ``pretrained=False`` leaves out the backbone weights
+    (when a detector checkpoint is loaded over it anyway)."""
+    weights: str | bool | None = None
+    if pretrained and model.pretrained is not None:
+        weights = True if model.pretrained == "official" else model.pretrained
+    kwargs: dict[str, Any] = dict(detections_per_img=model.detections_per_img) if model.detector == "retinanet" else dict(
+        box_detections_per_img=model.detections_per_img, box_batch_size_per_image=model.box_batch_size_per_image,
+        rpn_post_nms_top_n_train=model.rpn_post_nms_top_n_train, rpn_post_nms_top_n_test=model.rpn_post_nms_top_n_test,
+    )
+    return build_detector(
+        model.detector, model.backbone, num_classes=num_classes, pretrained_backbone=weights,
+        drop_path_rate=model.drop_path_rate, min_size=data.min_size, max_size=data.max_size,
+        fpn_channels=model.fpn_channels, anchor_sizes=model.anchor_sizes, box_head_channels=model.box_head_channels,
+        mask_head_channels=model.mask_head_channels, **kwargs,
+    )
