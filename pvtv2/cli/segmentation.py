@@ -1,0 +1,171 @@
+"""pvt seg-train / seg-eval / seg-predict: Semantic FPN semantic segmentation with PVT backbones.
+
+  pvt seg-train --config configs/segmentation/shapes_semantic_fpn_pvt_v2_b0.yaml      # offline, CPU
+  torchrun --nproc_per_node 4 -m pvtv2 seg-train --config configs/segmentation/ade20k_semantic_fpn_pvt_v2_b2.yaml \\
+      --root /data/ADEChallengeData2016 --pretrained official
+  pvt seg-eval --checkpoint runs/ade20k/semantic_fpn_pvt_v2_b2/last.pth --mode slide --flip
+  pvt seg-predict photo.jpg --checkpoint runs/ade20k/semantic_fpn_pvt_v2_b2/last.pth --out overlay.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from .common import CommandError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    _add_train(subparsers)
+    _add_eval(subparsers)
+    _add_predict(subparsers)
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    from ..engine.config import section_field_names
+    from ..segmentation.config import SegTrainConfig
+    from .train import _Override  # the same --key value collector as pvt train
+
+    parser = subparsers.add_parser(
+        "seg-train", help="train a Semantic FPN segmenter from a YAML config",
+        description="Train (or continue) a Semantic FPN segmenter as a YAML config describes (configs/segmentation/). "
+                    "The output folder gets last.pth and best.pth, metrics.jsonl, curves.png and config.yaml.\n\n"
+                    + __doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="pvt seg-train --config YAML [--print-config] [--KEY VALUE ...]",
+    )
+    parser.add_argument("--config", type=Path, required=True, metavar="YAML", help="configs/segmentation/<name>.yaml")
+    parser.add_argument("--print-config", action="store_true", help="print the config with the overrides, then exit")
+    overrides = parser.add_argument_group("config overrides", "--resume auto|PATH continues a run; --pretrained "
+                                          "official|PATH starts the backbone from ImageNet weights")
+    defaults = SegTrainConfig().to_dict()
+    for key, section in section_field_names(SegTrainConfig).items():
+        overrides.add_argument(f"--{key}", f"--{section}.{key}", dest="overrides", action=_Override,
+                               key=f"{section}.{key}", metavar="VALUE",
+                               help=f"{section}.{key} (default: {defaults[section][key]})")
+    parser.set_defaults(handler=run_train, overrides=[])
+
+
+def _add_eval(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "seg-eval", help="mIoU, mAcc, aAcc and per-class IoU of a segmentation checkpoint",
+        description="Evaluate a pvt seg-train (or MMSegmentation Semantic FPN) checkpoint on the validation split "
+                    "of its dataset, or of --data. Metrics are taken at each mask's own size.",
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--data", metavar="DIR", help="dataset root (default: the checkpoint's)")
+    parser.add_argument("--dataset", choices=("ade20k", "folder", "shapes"),
+                        help="layout of --data (default: the checkpoint's)")
+    parser.add_argument("--split", choices=("train", "val"), default="val")
+    parser.add_argument("--mode", choices=("whole", "slide"), help="test mode (default: the checkpoint's)")
+    parser.add_argument("--stride", type=int, help="sliding-window stride (default: the checkpoint's)")
+    parser.add_argument("--flip", action="store_true", help="also predict mirrored images and average")
+    parser.add_argument("--scales", metavar="R,R,...", help="ratios of the test scale to average, e.g. 0.75,1.0,1.25")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--json", action="store_true", help="print the metrics as a JSON object")
+    parser.set_defaults(handler=run_eval)
+
+
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "seg-predict", help="segment an image: a colour overlay with a legend",
+        description="Segment IMAGE and write it with each class tinted in its colour and a legend of the classes "
+                    "found (and, with --labels, the class index per pixel as a PNG).",
+    )
+    parser.add_argument("image", type=Path, metavar="IMAGE")
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--out", type=Path, default=Path("overlay.png"), help="overlay file (default: overlay.png)")
+    parser.add_argument("--labels", type=Path, help="also write the class index per pixel to this PNG")
+    parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the colours (default: 0.5)")
+    parser.add_argument("--mode", choices=("whole", "slide"), help="test mode (default: the checkpoint's)")
+    parser.add_argument("--flip", action="store_true", help="also predict the mirrored image and average")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.set_defaults(handler=run_predict)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..segmentation.config import config_yaml, load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(config_yaml(config), end="")
+        return 0
+    from ..segmentation.train import train
+
+    train(config)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from ..engine import distributed
+    from ..engine.evaluate import shard
+    from ..segmentation.config import parse_scales
+    from ..segmentation.data import SegmentationDataset, read_class_names
+    from ..segmentation.evaluate import evaluate
+    from ..segmentation.predict import load_segmenter
+    from ..segmentation.train import dataset_root
+    from ..segmentation.transforms import EvalTransform
+
+    env = distributed.setup(args.device)
+    try:
+        segmenter = load_segmenter(args.checkpoint)
+        cfg = segmenter.config
+        data = dataclasses.replace(cfg.data, dataset=args.dataset or cfg.data.dataset, root=args.data or cfg.data.root)
+        if data.root is None and data.dataset != "shapes":
+            raise CommandError(f"{args.checkpoint} does not name its dataset: give --data DIR")
+        root = dataset_root(dataclasses.replace(cfg, data=data))
+        layout = "folder" if data.dataset == "folder" else "ade20k"
+        names = read_class_names(root, layout, len(segmenter.class_names))
+        if names != segmenter.class_names:
+            raise CommandError(f"{root} has classes {names[:5]}..., but the checkpoint was trained on "
+                               f"{segmenter.class_names[:5]}...")
+        dataset = SegmentationDataset(root, args.split, layout, class_names=names,
+                                      transform=EvalTransform(cfg.augment.scale))
+        loader = DataLoader(shard(dataset, env.rank, env.world_size), 1, num_workers=args.workers)
+        test = cfg.test
+        metrics = evaluate(segmenter.model.to(env.device), loader, env.device, names,
+                           mode=args.mode or test.test_mode, crop_size=cfg.augment.crop_size,
+                           stride=args.stride or test.slide_stride, flip=args.flip or test.flip_test,
+                           scales=parse_scales(args.scales or test.test_scales), amp=args.amp,
+                           progress=env.is_main and not args.json)
+    finally:
+        distributed.cleanup()
+    if not env.is_main:
+        return 0
+    if args.json:
+        print(json.dumps(dict(checkpoint=str(args.checkpoint), data=str(root), split=args.split, images=len(dataset),
+                              **metrics.as_dict())))
+    else:
+        print(f"{segmenter.description}\n{root} ({args.split}, {len(dataset)} images)")
+        print(metrics.table())
+        print(metrics.summary())
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from ..engine.distributed import resolve_device
+    from ..segmentation.predict import load_segmenter, overlay, read_image, segment
+
+    if not 0 <= args.alpha <= 1:
+        raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    try:
+        pixels = read_image(args.image)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    segmenter = load_segmenter(args.checkpoint)
+    labels = segment(segmenter, pixels, resolve_device(args.device), mode=args.mode, flip=args.flip or None)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    overlay(pixels, labels, segmenter.class_names, args.alpha).save(args.out)
+    if args.labels is not None:
+        Image.fromarray(labels.astype("uint8" if len(segmenter.class_names) <= 256 else "int32")).save(args.labels)
+    found = ", ".join(segmenter.class_names[c] for c in sorted(set(labels.ravel().tolist())))
+    print(f"{args.image}: {found}\noverlay written to {args.out}")
+    return 0
