@@ -6,12 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import bench, convert, data, demo, eval, export, info, models, predict, table, train, weights
+from . import bench, convert, data, demo, detection, eval, export, info, models, predict, segmentation, table, train, weights
 from .common import CommandError
 
 # Each module adds its own subcommand; a new one (train, bench, export...) is one more entry here.
 SUBCOMMANDS = (
-    demo, models, table, info, weights, convert, export, bench, train, eval, predict, data,
+    demo, models, table, info, weights, convert, export, bench, train, eval, predict, data, detection, segmentation,
 )
 
 

@@ -8,6 +8,7 @@ where the reference has it (PVTv2), else with the paper. Exit status 1 if any fi
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from typing import Any
 
@@ -16,6 +17,7 @@ from ..models.complexity import count_flops, count_params, create_for_counting
 from .common import format_table, select_models
 
 INPUT_SIZE = (224, 224)  # the size of the published ImageNet figures
+TASKS = ("classification", "detection", "segmentation")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--models", nargs="+", metavar="PATTERN", help="shell-style filters (default: all models)")
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list of objects")
+    parser.add_argument(
+        "--task", choices=TASKS, default="classification",
+        help="classification: ImageNet models at 224x224 (default); detection: RetinaNet and Mask R-CNN at "
+             "1280x800; segmentation: Semantic FPN at 512x512",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -56,6 +63,10 @@ def complexity_rows(names: list[str]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task != "classification":
+        # Each task package prints its own table (its own models, input size and published columns).
+        task_table = importlib.import_module(f"..{args.task}.complexity", __package__)
+        return task_table.print_table(select_models(args.models), args.json)
     rows = complexity_rows(select_models(args.models))
     if args.json:
         print(json.dumps(rows, indent=1))
