@@ -7,6 +7,9 @@ and every detector's parameter count against the paper's Table 3.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from pvtv2.detection.train import train
 from pvtv2.engine.checkpoint import read_training_checkpoint
 
 SIZE = 64
+REPO = Path(__file__).resolve().parents[1]
 # Quick models for 64-pixel scenes: the paper's structure, narrow layers.
 TINY = dict(fpn_channels=32, box_head_channels=64, mask_head_channels=32, anchor_sizes=(8, 16, 32, 64, 128),
             min_size=SIZE, max_size=SIZE)
@@ -61,7 +65,7 @@ def _config(root: Path, out: Path, detector: str, **optim: object):
                    rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, detections_per_img=20),
         data=dict(dataset="coco", root=str(root), train_split="train", val_split="val", train_min_size=[SIZE, SIZE],
                   min_size=SIZE, max_size=SIZE, num_workers=0),
-        optim=dict(epochs=1, batch_size=4, lr=1e-3, warmup_iters=2, lr_steps=[1, 2], **optim),
+        optim={**dict(epochs=1, batch_size=4, lr=1e-3, warmup_iters=2, lr_steps=[1, 2]), **optim},
         run=dict(output_dir=str(out), device="cpu", seed=0),
     ))
 
@@ -219,7 +223,7 @@ def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
 
 def test_every_detector_config_loads() -> None:
     """A COCO config for every backbone x detector of Table 3, each valid."""
-    configs = Path(__file__).resolve().parents[1] / "configs" / "detection"
+    configs = REPO / "configs" / "detection"
     for name in reference.published(reference.COCO):
         for detector in ("retinanet", "mask_rcnn"):
             config = load_config(configs / f"{detector}_{name}_1x.yaml")
@@ -246,3 +250,61 @@ def test_table_cli_prints_detection_rows(capsys: pytest.CaptureFixture[str]) -> 
 def test_unknown_detector_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown detector 'yolo'"):
         build_detector("yolo", "pvt_v2_b0")
+
+
+def test_two_processes_train_the_same_retinanet_as_one(shapes: Path, tmp_path: Path) -> None:
+    """torchrun, 2 CPU processes with gloo and batch 2 each == 1 process with batch 4: RetinaNet's loss is a
+    mean over images and DDP averages gradients over processes, so the steps are the same."""
+    def config(out: str, batch: int) -> Path:
+        cfg = _config(shapes, tmp_path / out, "retinanet", batch_size=batch)
+        cfg.data.hflip = 0.0  # no random draw: each process would draw its own
+        path = tmp_path / f"{out}.yaml"
+        path.write_text(yaml.safe_dump(cfg.to_dict()))
+        return path
+
+    assert main(["det-train", "--config", str(config("one", 4))]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "pvtv2", "det-train", "--config", str(config("two", 2))]
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "2 process(es) on cpu" in finished.stdout
+    single = read_training_checkpoint(tmp_path / "one" / "last.pth")
+    pair = read_training_checkpoint(tmp_path / "two" / "last.pth")
+    for key, value in single["model"].items():
+        torch.testing.assert_close(pair["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    # Every held-out image is scored once, whichever process predicted it.
+    assert pair["metrics"]["bbox_AP"] == pytest.approx(single["metrics"]["bbox_AP"], abs=1e-3)
+
+
+@pytest.mark.parametrize("detector", ["retinanet", "mask_rcnn"])
+def test_shapes_config_generates_its_data_and_trains(tmp_path: Path, detector: str) -> None:
+    """The shipped shapes configs (the slow check's), scaled to a few scenes: the data set is written on
+    first use, training and evaluation run, and a folder of another shapes data set is refused."""
+    config = REPO / "configs" / "detection" / f"shapes_{detector}_pvt_v2_b0.yaml"
+    overrides = ["--root", str(tmp_path / "shapes"), "--shapes_train", "4", "--shapes_val", "2", "--epochs", "1",
+                 "--output_dir", str(tmp_path / "run"), "--device", "cpu", "--warmup_iters", "1"]
+    assert main(["det-train", "--config", str(config), *overrides]) == 0
+    assert split_paths(tmp_path / "shapes", "val").annotations.is_file()
+    assert "bbox_AP" in read_training_checkpoint(tmp_path / "run" / "last.pth")["metrics"]
+    with pytest.raises(DatasetError, match="holds a shapes data set with 4 train scenes"):
+        train(load_config(config, [("root", str(tmp_path / "shapes")), ("shapes_train", "5"), ("device", "cpu")]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detector", ["retinanet", "mask_rcnn"])
+def test_training_loss_falls(shapes: Path, detector: str) -> None:
+    """40 AdamW steps on the same 8 scenes: the detector fits them, its loss falls well below the start."""
+    model = build_detector(detector, "pvt_v2_b0", num_classes=3, **TINY)
+    dataset = _dataset(shapes, "train", train=True, with_masks=detector == "mask_rcnn")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for step in range(40):
+        images, targets = collate([dataset[(step * 4 + i) % len(dataset)] for i in range(4)])
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-8:]) / 8 < 0.6 * sum(losses[:4]) / 4, losses

@@ -1,8 +1,27 @@
 """Object detection and instance segmentation with PVT backbones: RetinaNet and Mask R-CNN on COCO-format
-data (section 5.2 of the paper), built from torchvision's detection models."""
+data (section 5.2 of the paper), built from torchvision's detection models.
+
+The names below are imported on first use, so that building the ``pvt`` parser (which reads this
+package's config schema) does not import torchvision's detection stack.
+"""
 
 from __future__ import annotations
 
-from .model import DETECTORS, PyramidBackboneWithFPN, build_backbone, build_detector
+import importlib
+from typing import Any
 
-__all__ = ["DETECTORS", "PyramidBackboneWithFPN", "build_backbone", "build_detector"]
+_EXPORTS = {
+    "DETECTORS": "model", "PyramidBackboneWithFPN": "model", "build_backbone": "model", "build_detector": "model",
+    "DetConfig": "config", "load_config": "config",
+    "CocoDetection": "data",
+    "train": "train",
+    "LoadedDetector": "predict", "load_detector": "predict", "predict_image": "predict",
+    "evaluate_checkpoint": "predict",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -33,8 +33,11 @@ class DetModelConfig:
     mask_head_channels: int = 256
     # One anchor base size per FPN level; null: torchvision's defaults for 800-pixel images.
     anchor_sizes: tuple[int, int, int, int, int] | None = None
-    # Mask R-CNN sampling: RoIs per image for the box head, proposals kept after NMS (train, test).
+    # Mask R-CNN sampling: RoIs per image for the box head; RPN proposals per level before NMS and per
+    # image after it (train, test).
     box_batch_size_per_image: int = 512
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_test: int = 1000
     detections_per_img: int = 100
@@ -77,7 +80,10 @@ class DetOptimConfig:
 class DetRunConfig:
     output_dir: str = "runs/detection"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["bf16", "fp16", "none"] = "bf16"
+    # Mixed precision on GPU. fp16 with a grad scaler (as torchvision's and MMDetection's detection recipes),
+    # not bf16: torchvision decodes boxes in the regression output's dtype, and bf16's 8-bit mantissa would
+    # round 1000-pixel coordinates to 4-8 pixels.
+    amp: Literal["bf16", "fp16", "none"] = "fp16"
     seed: int = 0
     resume: str | None = None  # "auto": output_dir/last.pth when it exists; or a checkpoint path
     eval_every: int = 1  # evaluate every this many epochs (and after the last)

@@ -35,6 +35,8 @@ MIN_BOX_SIDE = 1.0  # boxes narrower or lower than this many pixels are degenera
 
 @dataclass(frozen=True)
 class SplitPaths:
+    """Where one split of a COCO-format data set lies."""
+
     images: Path
     annotations: Path
 
@@ -197,12 +199,23 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torc
 
 
 def ensure_shapes(root: str | Path, num_train: int, num_val: int, size: int, seed: int = 0) -> Path:
-    """The generated shapes data set at ``root``, written first if it is not there (the offline default)."""
+    """The generated shapes data set at ``root``, written first if it is not there (the offline default);
+    a folder holding another shapes data set (other counts or size) is an error, not silently used."""
+    import json
+
     from ..data.shapes import write_coco_shapes
 
     root = Path(root)
-    if not (split_paths(root, "train").annotations.is_file() and split_paths(root, "val").annotations.is_file()):
+    files = {split: split_paths(root, split).annotations for split in ("train", "val")}
+    if not all(path.is_file() for path in files.values()):
         logger.warning("writing the generated shapes data set (%d + %d scenes, %d px) to %s", num_train, num_val,
                        size, root)
-        write_coco_shapes(root, num_train=num_train, num_val=num_val, size=size, seed=seed)
+        return write_coco_shapes(root, num_train=num_train, num_val=num_val, size=size, seed=seed)
+    for split, wanted in (("train", num_train), ("val", num_val)):
+        images = json.loads(files[split].read_text())["images"]
+        if len(images) != wanted or any((i["height"], i["width"]) != (size, size) for i in images[:1]):
+            raise DatasetError(
+                f"{root} holds a shapes data set with {len(images)} {split} scenes of {images[0]['width']} px, but the "
+                f"config asks for {wanted} of {size} px; remove the folder to regenerate it, or set another root"
+            )
     return root

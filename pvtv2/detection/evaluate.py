@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -89,7 +90,7 @@ def evaluate(model: nn.Module, loader: DataLoader, dataset: CocoDetection, devic
     process predicts, the main process gathers and scores (others get an empty dict)."""
     local = predict_dataset(model, loader, device, amp, show_progress)
     gathered = distributed.all_gather_objects(local)
-    if distributed.dist.is_initialized() and distributed.dist.get_rank() != 0:
+    if dist.is_initialized() and dist.get_rank() != 0:
         return {}
     results = [r for part in gathered for r in part]
     return coco_metrics(dataset, results, ("bbox", "segm") if with_masks else ("bbox",))

@@ -160,6 +160,7 @@ def build_from_config(model: DetModelConfig, data: DetDataConfig, num_classes: i
         weights = True if model.pretrained == "official" else model.pretrained
     kwargs: dict[str, Any] = dict(detections_per_img=model.detections_per_img) if model.detector == "retinanet" else dict(
         box_detections_per_img=model.detections_per_img, box_batch_size_per_image=model.box_batch_size_per_image,
+        rpn_pre_nms_top_n_train=model.rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test=model.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_train=model.rpn_post_nms_top_n_train, rpn_post_nms_top_n_test=model.rpn_post_nms_top_n_test,
     )
     return build_detector(

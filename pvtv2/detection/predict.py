@@ -27,6 +27,8 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 @dataclass
 class LoadedDetector:
+    """A trained detector in evaluation mode, with its class names and the data set's category ids."""
+
     model: nn.Module
     class_names: list[str]
     category_ids: list[int]

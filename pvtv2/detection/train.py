@@ -73,6 +73,7 @@ def build_datasets(cfg: DetConfig) -> tuple[CocoDetection, CocoDetection]:
 
 
 def eval_loader(val_set: CocoDetection, cfg: DetConfig, env: DistributedEnv) -> DataLoader:
+    """This process's share of the held-out images, in batches of lists (images keep their sizes)."""
     return DataLoader(shard(val_set, env.rank, env.world_size), cfg.optim.batch_size, collate_fn=collate,
                       num_workers=cfg.data.num_workers, pin_memory=env.device.type == "cuda")
 
@@ -174,9 +175,9 @@ def _train(cfg: DetConfig, env: DistributedEnv) -> dict[str, float]:
         say(f"epoch {epoch + 1}/{cfg.optim.epochs}: train loss {stats['train_loss']:.4f}"
             + (f", held-out {summary(metrics)}" if metrics else ""))
 
-    if not metrics:  # the checkpoint had finished every epoch already
+    if start_epoch >= cfg.optim.epochs:  # the checkpoint had finished every epoch already
         metrics = evaluate(model, val_loader, val_set, env.device, cfg.run.amp, with_masks, env.is_main)
-    say(f"held-out: {summary(metrics)}")
+    say(f"held-out: {summary(metrics)}")  # other processes have no figures: the main one scores
     say(f"checkpoint {out / LAST}, metrics {out / 'metrics.jsonl'}")
     return metrics
 
