@@ -22,7 +22,7 @@ from pvtv2 import list_models, reference
 from pvtv2.cli.main import main
 from pvtv2.data import DatasetError
 from pvtv2.data.shapes import write_coco_shapes
-from pvtv2.detection import build_detector
+from pvtv2.detection import build_backbone, build_detector
 from pvtv2.detection.complexity import PAPER_COLUMN, complexity_rows
 from pvtv2.detection.config import ConfigError, config_from_dict, load_config
 from pvtv2.detection.data import CocoDetection, collate, eval_transform, split_paths, train_transform
@@ -245,6 +245,20 @@ def test_table_cli_prints_detection_rows(capsys: pytest.CaptureFixture[str]) -> 
     rows = json.loads(capsys.readouterr().out)
     assert [(r["backbone"], r["detector"]) for r in rows] == [("pvt_v2_b0", "retinanet"), ("pvt_v2_b0", "mask_rcnn")]
     assert all(r["params_ok"] and r["GFLOPs"] > 100 for r in rows)
+
+
+def test_retinanet_p6_comes_from_c5() -> None:
+    """MMDetection's add_extra_convs='on_input': P6 from C5, even where C5 and the FPN are both 256 wide (B0)."""
+    backbone = build_backbone("retinanet", "pvt_v2_b0", fpn_channels=256)
+    assert backbone.body.feature_info.channels() == [64, 160, 256]
+    calls = []
+    backbone.fpn.extra_blocks.p6.register_forward_hook(lambda module, args, output: calls.append(args[0]))
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        c5 = backbone.body(image)[-1]
+        levels = backbone(image)
+    assert list(levels) == ["0", "1", "2", "p6", "p7"]
+    torch.testing.assert_close(calls[0], c5)
 
 
 def test_unknown_detector_is_an_error() -> None:

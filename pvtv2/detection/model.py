@@ -60,6 +60,18 @@ class PyramidBackboneWithFPN(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
 
 
+class LastLevelP6P7FromC5(LastLevelP6P7):
+    """RetinaNet's P6 (stride-2 conv of C5) and P7 (stride-2 conv of ReLU(P6)), MMDetection's ``on_input``.
+
+    torchvision's block takes P5 instead of C5 whenever their widths agree, which would change the neck of
+    backbones with 256-channel C5 (PVTv2-B0) under a 256-channel FPN; this one always takes C5.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels)
+        self.use_P5 = False
+
+
 def build_backbone(
     kind: Detector,
     backbone: str,
@@ -76,7 +88,7 @@ def build_backbone(
     channels = body.feature_info.channels()
     if kind == "retinanet":
         # P6 from C5 ("on_input"): the extra block sees C5's channels, not P5's.
-        extra: nn.Module = LastLevelP6P7(channels[-1], fpn_channels)
+        extra: nn.Module = LastLevelP6P7FromC5(channels[-1], fpn_channels)
     else:
         extra = LastLevelMaxPool()
     fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=extra)
