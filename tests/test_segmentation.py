@@ -286,3 +286,33 @@ def test_generated_shapes_are_written_when_missing(tmp_path: Path) -> None:
     cfg = load_config(SHAPES_CONFIG, [("root", str(root)), ("shapes_train", "2"), ("shapes_val", "1"),
                                       ("shapes_size", "32")])
     assert dataset_root(cfg) == root and len(list((root / "images" / "training").iterdir())) == 2
+
+
+def test_mmsegmentation_checkpoint_loads_with_the_same_outputs(tmp_path: Path) -> None:
+    from pvtv2.segmentation.predict import load_segmenter
+
+    model = build_segmenter(backbone="pvt_v2_b0", num_classes=150).eval()
+    with torch.no_grad():  # non-trivial norm statistics, so that a mis-mapped BN would show
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+    # Our names -> MMSegmentation's (ConvModule .conv / .bn, conv_seg), as the official PVT checkpoints have.
+    renames = ((r"neck\.inner_blocks\.(\d+)\.0\.", r"neck.lateral_convs.\1.conv."),
+               (r"neck\.layer_blocks\.(\d+)\.0\.", r"neck.fpn_convs.\1.conv."),
+               (r"scale_heads\.(\d+)\.(\d+)\.0\.", r"scale_heads.\1.\2.conv."),
+               (r"scale_heads\.(\d+)\.(\d+)\.1\.", r"scale_heads.\1.\2.bn."),
+               (r"decode_head\.classifier\.", r"decode_head.conv_seg."))
+    import re
+
+    mmseg = {}
+    for key, value in model.state_dict().items():
+        for pattern, replacement in renames:
+            key = re.sub(pattern, replacement, key)
+        mmseg[key] = value
+    torch.save({"meta": {}, "state_dict": mmseg}, tmp_path / "fpn_pvt_v2_b0_ade20k_40k.pth")
+    loaded = load_segmenter(tmp_path / "fpn_pvt_v2_b0_ade20k_40k.pth")
+    assert loaded.backbone == "pvt_v2_b0" and loaded.class_names[:3] == ["wall", "building", "sky"]
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(image), model(image))

@@ -25,6 +25,8 @@ class SegModelConfig:
     drop_path_rate: float = 0.1  # as the official segmentation backbones
     norm: Literal["batch", "group"] = "batch"  # the head's norm; batch norm is SyncBN under DDP on GPU
     dropout: float = 0.1  # before the classifier
+    neck_channels: int = 256  # FPN width (the paper's)
+    head_channels: int = 128  # Semantic FPN head width (the paper's)
 
 
 @dataclass

@@ -154,14 +154,13 @@ class SegmentationDataset(Dataset):
             raise DatasetError(f"cannot read image {image_path}: {error}") from error
         try:
             with Image.open(mask_path) as file:
-                if file.mode not in ("L", "P", "I", "I;16", "1"):
-                    raise DatasetError(f"mask {mask_path} has {file.mode} pixels; a mask holds one class index per "
-                                       f"pixel (a greyscale or palette PNG)")
+                mode = file.mode
                 stored = np.asarray(file).astype(np.int64)
         except (OSError, ValueError) as error:
-            if isinstance(error, DatasetError):
-                raise
             raise DatasetError(f"cannot read mask {mask_path}: {error}") from error
+        if mode not in ("L", "P", "I", "I;16", "1"):
+            raise DatasetError(f"mask {mask_path} has {mode} pixels; a mask holds one class index per pixel "
+                               f"(a greyscale or palette PNG)")
         if stored.shape != pixels.shape[:2]:
             raise DatasetError(f"mask {mask_path} is {stored.shape[1]}x{stored.shape[0]} but its image {image_path} "
                                f"is {pixels.shape[1]}x{pixels.shape[0]} (width x height); they must be the same size")

@@ -49,7 +49,8 @@ def load_segmenter(path: str | Path) -> LoadedSegmenter:
     config = config_from_dict(state["config"], f"the config in {path}")
     class_names = list(state["class_names"])
     model = build_segmenter(state["segmenter"], backbone=state["model_name"], num_classes=len(class_names),
-                            norm=config.model.norm, dropout=config.model.dropout)
+                            norm=config.model.norm, dropout=config.model.dropout,
+                            neck_channels=config.model.neck_channels, head_channels=config.model.head_channels)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:

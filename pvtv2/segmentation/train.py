@@ -124,7 +124,8 @@ def _train(cfg: SegTrainConfig, env: DistributedEnv) -> SegmentationMetrics:
     pretrained = True if cfg.model.pretrained == "official" else cfg.model.pretrained
     model = build_segmenter(cfg.model.segmenter, backbone=cfg.model.backbone, num_classes=len(class_names),
                             pretrained=pretrained, drop_path_rate=cfg.model.drop_path_rate, norm=cfg.model.norm,
-                            dropout=cfg.model.dropout)
+                            dropout=cfg.model.dropout, neck_channels=cfg.model.neck_channels,
+                            head_channels=cfg.model.head_channels)
     if env.world_size > 1 and env.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs, as SyncBN
     model.to(env.device)
@@ -220,8 +221,8 @@ def _train(cfg: SegTrainConfig, env: DistributedEnv) -> SegmentationMetrics:
         total_loss, steps = distributed.all_reduce_sum(loss_sum.clone()).tolist()
         loss_sum.zero_()
         seconds = time.perf_counter() - interval_start
-        record.update(train_loss=total_loss / max(steps, 1),
-                      images_per_s=steps / env.world_size * batch * env.world_size / max(seconds, 1e-9))
+        # `steps` counts every process's steps, each of `batch` images.
+        record.update(train_loss=total_loss / max(steps, 1), images_per_s=steps * batch / max(seconds, 1e-9))
         if eval_now:
             result = evaluate(model, val_loader, env.device, class_names, **test_kwargs)
             train_model.train()
