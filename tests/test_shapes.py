@@ -84,3 +84,14 @@ def test_shapes_stay_inside_odd_sized_images(size):
     _, instances = scene(5, 0, size, size + 13)
     for instance in instances:
         assert instance.mask.shape == (size, size + 13)
+
+
+def test_size_range_sets_the_shape_size():
+    def mean_area(size_range):
+        areas = [i.mask.sum() for k in range(12) for i in scene(6, k, 64, 64, 1, size_range)[1]]
+        return np.mean(areas)
+
+    small, large = mean_area((0.15, 0.2)), mean_area((0.6, 0.7))
+    assert large > 6 * small  # area grows with the square of the size
+    with pytest.raises(ValueError, match="0 < low <= high <= 1"):
+        write_coco_shapes("unused", size_range=(0.5, 0.2))

@@ -158,8 +158,9 @@ def test_unknown_override_is_a_usage_error(tmp_path: Path, capsys: pytest.Captur
     assert "unrecognized arguments: --epocs" in capsys.readouterr().err
 
 
-def test_every_shipped_config_loads() -> None:
-    configs = sorted((REPO / "configs").rglob("*.yaml"))
+def test_every_shipped_classification_config_loads() -> None:
+    # Detection and segmentation configs have their own schemas and tests.
+    configs = sorted([*(REPO / "configs" / "imagenet").glob("*.yaml"), *(REPO / "configs" / "digits").glob("*.yaml")])
     assert len(configs) == 12
     for path in configs:
         config = load_config(path)

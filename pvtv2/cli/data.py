@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..data.shapes import write_coco_shapes, write_segmentation_shapes
+from ..data.shapes import DEFAULT_SIZE_RANGE, write_coco_shapes, write_segmentation_shapes
 from .common import CommandError
 
 WRITERS = {"shapes": write_coco_shapes, "shapes-seg": write_segmentation_shapes}
@@ -30,6 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--val", type=int, default=100, help="validation scenes (default: 100)")
     parser.add_argument("--size", type=int, default=128, help="scene side in pixels (default: 128)")
     parser.add_argument("--max-objects", type=int, default=4, help="most shapes per scene (default: 4)")
+    parser.add_argument("--shape-size", type=float, nargs=2, default=DEFAULT_SIZE_RANGE, metavar=("LOW", "HIGH"),
+                        help="shape sizes as fractions of the scene side (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=run)
 
@@ -42,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_objects < 1:
         raise CommandError(f"--max-objects must be at least 1, got {args.max_objects}")
     started = time.perf_counter()
-    out = WRITERS[args.kind](args.out, args.train, args.val, args.size, args.seed, args.max_objects)
+    out = WRITERS[args.kind](
+        args.out, args.train, args.val, args.size, args.seed, args.max_objects, tuple(args.shape_size)
+    )
     print(f"wrote {args.train} training and {args.val} validation scenes ({args.size}x{args.size}) to {out} "
           f"in {time.perf_counter() - started:.1f} s")
     return 0

@@ -109,9 +109,24 @@ def semantic_map(instances: list[ShapeInstance], height: int, width: int) -> np.
     return labels
 
 
-def scene(seed: int, index: int, height: int, width: int, max_objects: int = 4) -> tuple[np.ndarray, list[ShapeInstance]]:
+DEFAULT_SIZE_RANGE = (0.15, 0.5)
+
+
+def scene(
+    seed: int, index: int, height: int, width: int, max_objects: int = 4,
+    size_range: tuple[float, float] = DEFAULT_SIZE_RANGE,
+) -> tuple[np.ndarray, list[ShapeInstance]]:
     """Scene ``index`` of the data set generated from ``seed``."""
-    return render_scene(np.random.default_rng([seed, index]), height, width, max_objects)
+    return render_scene(np.random.default_rng([seed, index]), height, width, max_objects, size_range)
+
+
+def check_size_range(size_range: tuple[float, float]) -> tuple[float, float]:
+    """``size_range`` as (low, high) fractions of the image side, or a ValueError saying what is wrong."""
+    low, high = (float(v) for v in size_range)
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"shape size range must satisfy 0 < low <= high <= 1 (fractions of the image side), "
+                         f"got {low}, {high}")
+    return low, high
 
 
 def _split_sizes(num_train: int, num_val: int) -> dict[str, tuple[int, int]]:
@@ -121,14 +136,17 @@ def _split_sizes(num_train: int, num_val: int) -> dict[str, tuple[int, int]]:
 
 def write_coco_shapes(
     out: str | Path, num_train: int = 400, num_val: int = 100, size: int = 128, seed: int = 0, max_objects: int = 4,
+    size_range: tuple[float, float] = DEFAULT_SIZE_RANGE,
 ) -> Path:
     """Write a COCO-format detection/instance data set; returns ``out``.
 
     Layout: ``out/{train,val}/NNNNNN.png`` and ``out/annotations/instances_{train,val}.json`` with
-    polygon-free RLE masks (pycocotools), ``bbox`` as [x, y, w, h] and categories 1..3.
+    polygon-free RLE masks (pycocotools), ``bbox`` as [x, y, w, h] and categories 1..3. ``size_range``:
+    shape sizes as fractions of the image side.
     """
     from pycocotools import mask as mask_utils
 
+    size_range = check_size_range(size_range)
     out = Path(out)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)]
@@ -136,7 +154,7 @@ def write_coco_shapes(
         (out / split).mkdir(exist_ok=True)
         images, annotations = [], []
         for image_id, index in enumerate(range(first, first + count), start=1):
-            pixels, instances = scene(seed, index, size, size, max_objects)
+            pixels, instances = scene(seed, index, size, size, max_objects, size_range)
             file_name = f"{index:06d}.png"
             Image.fromarray(pixels).save(out / split / file_name)
             images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
@@ -156,6 +174,7 @@ def write_coco_shapes(
 
 def write_segmentation_shapes(
     out: str | Path, num_train: int = 400, num_val: int = 100, size: int = 128, seed: int = 0, max_objects: int = 4,
+    size_range: tuple[float, float] = DEFAULT_SIZE_RANGE,
 ) -> Path:
     """Write an ADE20K-format semantic segmentation data set; returns ``out``.
 
@@ -163,6 +182,7 @@ def write_segmentation_shapes(
     NNNNNN.png``. As in ADE20K, mask value 0 means "ignore" and class k is stored as k + 1, so the
     stored values are 1 (background) to 4 (triangle); ``out/classes.json`` names the classes.
     """
+    size_range = check_size_range(size_range)
     out = Path(out)
     folders = {"train": "training", "val": "validation"}
     for split, (first, count) in _split_sizes(num_train, num_val).items():
@@ -171,7 +191,7 @@ def write_segmentation_shapes(
         image_dir.mkdir(parents=True, exist_ok=True)
         mask_dir.mkdir(parents=True, exist_ok=True)
         for index in range(first, first + count):
-            pixels, instances = scene(seed, index, size, size, max_objects)
+            pixels, instances = scene(seed, index, size, size, max_objects, size_range)
             Image.fromarray(pixels).save(image_dir / f"{index:06d}.jpg", quality=95)
             Image.fromarray(semantic_map(instances, size, size) + 1).save(mask_dir / f"{index:06d}.png")
     (out / "classes.json").write_text(json.dumps(list(SEMANTIC_CLASSES)))

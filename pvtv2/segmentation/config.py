@@ -44,6 +44,7 @@ class SegDataConfig:
     shapes_size: int = 128
     shapes_seed: int = 0
     shapes_max_objects: int = 4
+    shapes_size_range: tuple[float, float] = (0.15, 0.5)  # shape sizes, fractions of the scene side
 
 
 @dataclass

@@ -191,7 +191,10 @@ class SegmentationDataset(Dataset):
         return image, mask
 
 
-def ensure_shapes(root: str | Path, num_train: int, num_val: int, size: int, seed: int, max_objects: int) -> Path:
+def ensure_shapes(
+    root: str | Path, num_train: int, num_val: int, size: int, seed: int, max_objects: int,
+    size_range: tuple[float, float] = (0.15, 0.5),
+) -> Path:
     """The generated shapes scenes at ``root``, written first if the folder is missing (the embedded default)."""
     root = Path(root)
     if (root / CLASSES_FILE).is_file():
@@ -199,4 +202,4 @@ def ensure_shapes(root: str | Path, num_train: int, num_val: int, size: int, see
     from ..data.shapes import write_segmentation_shapes
 
     logger.warning("writing %d + %d generated shapes scenes (%dx%d) to %s", num_train, num_val, size, size, root)
-    return write_segmentation_shapes(root, num_train, num_val, size, seed, max_objects)
+    return write_segmentation_shapes(root, num_train, num_val, size, seed, max_objects, size_range)

@@ -81,7 +81,7 @@ def dataset_root(cfg: SegTrainConfig) -> Path:
     data = cfg.data
     if data.dataset == "shapes":
         return ensure_shapes(data.root or DEFAULT_SHAPES_ROOT, data.shapes_train, data.shapes_val, data.shapes_size,
-                             data.shapes_seed, data.shapes_max_objects)
+                             data.shapes_seed, data.shapes_max_objects, data.shapes_size_range)
     return Path(data.root)  # type: ignore[arg-type]  # validate() requires it
 
 
