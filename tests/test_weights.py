@@ -117,6 +117,17 @@ def test_features_only_backbone_takes_a_classification_checkpoint(b0):
     assert torch.equal(backbone.norm4.weight, b0.norm4.weight)
 
 
+def test_backbone_of_our_detector_checkpoint_loads(b0, caplog):
+    # torchvision's layout, which our detectors use: backbone.body.* (PVT), backbone.fpn.* and heads.
+    features = pvtv2.create_model("pvt_v2_b0", features_only=True, pretrained=b0.state_dict()).state_dict()
+    state = {f"backbone.body.{k}": v for k, v in features.items()}
+    state |= {"backbone.fpn.inner_blocks.0.0.weight": torch.zeros(64, 32, 1, 1), "roi_heads.box_head.fc6.weight": torch.zeros(8, 8)}
+    with caplog.at_level(logging.INFO, logger="pvtv2"):
+        model = pvtv2.create_model("pvt_v2_b0", features_only=True, pretrained={"model": state})
+    assert torch.equal(model.block3[0].attn.kv.weight, b0.block3[0].attn.kv.weight)
+    assert "torchvision layout" in caplog.text and "backbone.fpn, roi_heads" in caplog.text
+
+
 def _unchanged_after_error(model, state, match):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError, match=match):

@@ -25,8 +25,10 @@ logger = logging.getLogger("pvtv2")
 # Wrappers that training scripts put around a state dict (DeiT/timm "model", mmcv "state_dict", ...).
 _WRAPPER_KEYS = ("model", "state_dict", "model_state", "module", "model_ema")
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# MMDetection / MMSegmentation models keep the backbone under this prefix, beside neck and head(s).
-_BACKBONE_PREFIX = "backbone."
+# Where dense-prediction models keep the backbone, beside neck and head(s): torchvision's detectors
+# (ours included) under ``backbone.body.`` (``backbone.fpn.`` is the neck), MMDetection / MMSegmentation
+# (and our segmenters) under ``backbone.``. The longer prefix is tried first.
+_BACKBONE_PREFIXES = ("backbone.body.", "backbone.")
 _MAX_KEYS_SHOWN = 10
 
 
@@ -93,7 +95,8 @@ def open_checkpoint(source: str | os.PathLike | Mapping) -> CheckpointContents:
 
 def unwrap(checkpoint: Mapping) -> dict[str, torch.Tensor]:
     """The state dict inside common training-checkpoint wrappers, without DDP's ``module.`` prefix; for
-    an MMDetection / MMSegmentation checkpoint, its backbone without the ``backbone.`` prefix."""
+    a detector or segmenter checkpoint (torchvision's, MMDetection's, MMSegmentation's, ours), its backbone
+    without the prefix."""
     return _unwrap(checkpoint).tensors
 
 
@@ -108,14 +111,16 @@ def _unwrap(checkpoint: Mapping) -> CheckpointContents:
 
 
 def _extract_backbone(state_dict: dict[str, torch.Tensor]) -> CheckpointContents:
-    if not any(k.startswith(_BACKBONE_PREFIX) for k in state_dict):
+    prefix = next((p for p in _BACKBONE_PREFIXES if any(k.startswith(p) for k in state_dict)), None)
+    if prefix is None:
         return CheckpointContents(state_dict)
-    backbone = {k.removeprefix(_BACKBONE_PREFIX): v for k, v in state_dict.items() if k.startswith(_BACKBONE_PREFIX)}
-    dropped = tuple(k for k in state_dict if not k.startswith(_BACKBONE_PREFIX))
-    parts = sorted({k.split(".", 1)[0] for k in dropped})
+    backbone = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+    dropped = tuple(k for k in state_dict if not k.startswith(prefix))
+    parts = sorted({".".join(k.split(".")[:2 if k.startswith("backbone.") else 1]) for k in dropped})
+    layout = "torchvision" if prefix == "backbone.body." else "MMDetection / MMSegmentation"
     logger.info(
-        "this is a detector or segmenter checkpoint (MMDetection / MMSegmentation layout): taking its backbone "
-        "(%d tensors) and leaving out the %d tensors of %s", len(backbone), len(dropped), ", ".join(parts),
+        "this is a detector or segmenter checkpoint (%s layout): taking its backbone (%d tensors) and leaving "
+        "out the %d tensors of %s", layout, len(backbone), len(dropped), ", ".join(parts),
     )
     return CheckpointContents(backbone, dropped)
 
