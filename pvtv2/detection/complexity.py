@@ -78,7 +78,7 @@ def print_table(names: list[str], as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=1))
     else:
-        from ..cli.common import format_table
+        from ..text_table import format_table
 
         text_rows = [dict(
             backbone=r["backbone"], detector=r["detector"], params=f"{r['params_M']:.2f}", paper=r["params_M_paper"],

@@ -10,14 +10,15 @@ images resized to a shorter side of 800 and a longer side of at most 1333, flipp
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..engine.config import ConfigError, _check_known, _unknown, coerce
+from ..engine.config import (
+    ConfigError,  # re-exported: the error of every config loader
+    load_sections, section_field_names, section_types, sections_from_dict, sections_to_dict,
+)
 
 
 @dataclass
@@ -98,65 +99,25 @@ class DetConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain sections of plain values (tuples as lists), as written to YAML and to checkpoints."""
-        sections = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        return {name: {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-                for name, values in sections.items()}
+        return sections_to_dict(self)
 
 
-SECTIONS: dict[str, type] = typing.get_type_hints(DetConfig)
+SECTIONS: dict[str, type] = section_types(DetConfig)
 
 
 def field_names() -> dict[str, str]:
     """Every field as ``key -> section`` (field names are unique across sections)."""
-    return {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    return section_field_names(DetConfig)
 
 
 def config_from_dict(data: Mapping[str, Any] | None, source: str = "the config") -> DetConfig:
     """Build and validate a :class:`DetConfig` from ``{section: {key: value}}``."""
-    data = data or {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source} must be a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
-    _check_known(data, SECTIONS, "section", source)
-    sections = {}
-    for name, cls in SECTIONS.items():
-        values = data.get(name) or {}
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"{source}: section {name!r} must be a mapping of keys to values, got {values!r}")
-        hints = typing.get_type_hints(cls)
-        _check_known(values, hints, f"key of section {name!r}", source)
-        sections[name] = cls(**{k: coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()})
-    return DetConfig(**sections)
+    return sections_from_dict(DetConfig, data, source)
 
 
 def load_config(path: str | Path, overrides: Iterable[tuple[str, str]] = ()) -> DetConfig:
     """Read a YAML config and apply ``(key, value)`` overrides (``section.key`` or ``key``, value as text)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"config file {path} must be a mapping of sections, got {type(data).__name__}")
-    data = {section: dict(values) if isinstance(values, Mapping) else values for section, values in data.items()}
-    owner = field_names()
-    for key, value in overrides:
-        section, _, name = key.rpartition(".")
-        if not section:
-            if name not in owner:
-                raise ConfigError(_unknown(name, owner, "config key", "--" + name))
-            section = owner[name]
-        elif section not in SECTIONS or owner.get(name) != section:
-            raise ConfigError(_unknown(key, [f"{s}.{k}" for k, s in owner.items()], "config key", "--" + key))
-        if not isinstance(data.get(section), dict):
-            data[section] = {} if data.get(section) is None else data[section]
-        if not isinstance(data[section], dict):
-            raise ConfigError(f"config file {path}: section {section!r} must be a mapping, got {data[section]!r}")
-        data[section][name] = value
-    return config_from_dict(data, f"config file {path}")
+    return load_sections(DetConfig, path, overrides)
 
 
 def config_yaml(config: DetConfig) -> str:

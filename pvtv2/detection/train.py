@@ -30,7 +30,7 @@ from ..engine.distributed import DistributedEnv
 from ..engine.evaluate import shard
 from ..engine.recipe import autocast, precision
 from ..engine.report import MetricsLog
-from ..engine.train import _restore_rng, _resume_path, seed_everything
+from ..engine.train import restore_rng, resume_path, seed_everything
 from ..models.complexity import count_params
 from ..models.weights import CheckpointError
 from .config import DetConfig, config_yaml
@@ -119,7 +119,7 @@ def _train(cfg: DetConfig, env: DistributedEnv) -> dict[str, float]:
 
     # Resume.
     start_epoch, best_ap = 0, -1.0
-    resume = _resume_path(cfg.run.resume, out)
+    resume = resume_path(cfg.run.resume, out)
     if resume is not None:
         state = read_training_checkpoint(resume)
         if state.get("task") != TASK:
@@ -133,7 +133,7 @@ def _train(cfg: DetConfig, env: DistributedEnv) -> dict[str, float]:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_ap = state["epoch"], state["best_ap"]
-        _restore_rng(state["rng"], env, cfg.run.seed + start_epoch)
+        restore_rng(state["rng"], env, cfg.run.seed + start_epoch)
     elif env.is_main and (out / LAST).exists():
         logger.warning("%s already has a checkpoint: this new run replaces it (continue it with --resume auto)", out)
 

@@ -110,9 +110,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain sections of plain values (tuples as lists), as written to YAML and to checkpoints."""
-        sections = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        return {name: {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-                for name, values in sections.items()}
+        return sections_to_dict(self)
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(TrainConfig)  # section name -> its dataclass
@@ -120,62 +118,17 @@ SECTIONS: dict[str, type] = typing.get_type_hints(TrainConfig)  # section name -
 
 def field_names() -> dict[str, str]:
     """Every field as ``key -> section`` (field names are unique across sections)."""
-    names: dict[str, str] = {}
-    for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
-            assert f.name not in names, f"config field {f.name!r} is in two sections"
-            names[f.name] = section
-    return names
+    return section_field_names(TrainConfig)
 
 
 def config_from_dict(data: Mapping[str, Any] | None, source: str = "the config") -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from ``{section: {key: value}}``."""
-    data = data or {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source} must be a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
-    _check_known(data, SECTIONS, "section", source)
-    sections = {}
-    for name, cls in SECTIONS.items():
-        values = data.get(name) or {}
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"{source}: section {name!r} must be a mapping of keys to values, got {values!r}")
-        hints = typing.get_type_hints(cls)
-        _check_known(values, hints, f"key of section {name!r}", source)
-        sections[name] = cls(**{k: coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()})
-    return TrainConfig(**sections)
+    return sections_from_dict(TrainConfig, data, source)
 
 
 def load_config(path: str | Path, overrides: Iterable[tuple[str, str]] = ()) -> TrainConfig:
     """Read a YAML config and apply ``(key, value)`` overrides (``section.key`` or ``key``, value as text)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    import yaml  # imported here so that building the `pvt` parser does not need it
-
-    with path.open() as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"config file {path} must be a mapping of sections, got {type(data).__name__}")
-    data = {section: dict(values) if isinstance(values, Mapping) else values for section, values in data.items()}
-    owner = field_names()
-    for key, value in overrides:
-        section, _, name = key.rpartition(".")
-        if not section:
-            if name not in owner:
-                raise ConfigError(_unknown(name, owner, "config key", "--" + name))
-            section = owner[name]
-        elif section not in SECTIONS or name not in owner or owner[name] != section:
-            raise ConfigError(_unknown(key, [f"{s}.{k}" for k, s in owner.items()], "config key", "--" + key))
-        if data.get(section) is None:  # absent, or an empty `section:` line
-            data[section] = {}
-        values = data[section]
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {path}: section {section!r} must be a mapping, got {values!r}")
-        values[name] = value
-    return config_from_dict(data, f"config file {path}")
+    return load_sections(TrainConfig, path, overrides)
 
 
 def config_yaml(config: TrainConfig) -> str:
@@ -247,8 +200,8 @@ def _unknown(key: str, known: Iterable[str], what: str, shown: str) -> str:
     return f"unknown {what} {shown!r}{hint}"
 
 
-# Generic versions of the loaders above, for other tasks' configs (segmentation, detection): any dataclass
-# whose fields are section dataclasses, with the same validation, coercion and overrides.
+# The loaders of every task's config (classification above, detection, segmentation): any dataclass whose
+# fields are section dataclasses, with validation, coercion and overrides.
 
 
 def section_types(root: type) -> dict[str, type]:
@@ -267,7 +220,7 @@ def section_field_names(root: type) -> dict[str, str]:
 
 
 def sections_from_dict(root: type, data: Mapping[str, Any] | None, source: str = "the config") -> Any:
-    """Build and validate a ``root`` config from ``{section: {key: value}}`` (as :func:`config_from_dict`)."""
+    """Build and validate a ``root`` config from ``{section: {key: value}}``; unknown keys are errors."""
     data = data or {}
     sections_of = section_types(root)
     if not isinstance(data, Mapping):
@@ -285,11 +238,12 @@ def sections_from_dict(root: type, data: Mapping[str, Any] | None, source: str =
 
 
 def load_sections(root: type, path: str | Path, overrides: Iterable[tuple[str, str]] = ()) -> Any:
-    """Read a YAML config of ``root``'s sections and apply ``(key, value)`` overrides (as :func:`load_config`)."""
+    """Read a YAML config of ``root``'s sections and apply ``(key, value)`` overrides (``section.key`` or
+    ``key``, value as text)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    import yaml
+    import yaml  # imported here so that building the `pvt` parser does not need it
 
     with path.open() as f:
         try:
@@ -308,7 +262,7 @@ def load_sections(root: type, path: str | Path, overrides: Iterable[tuple[str, s
             section = owner[name]
         elif section not in sections_of or name not in owner or owner[name] != section:
             raise ConfigError(_unknown(key, [f"{s}.{k}" for k, s in owner.items()], "config key", "--" + key))
-        if data.get(section) is None:
+        if data.get(section) is None:  # absent, or an empty `section:` line
             data[section] = {}
         values = data[section]
         if not isinstance(values, dict):

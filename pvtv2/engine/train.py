@@ -130,7 +130,7 @@ def _train(cfg: TrainConfig, env: DistributedEnv) -> EvalResult:
 
     # Resume.
     start_epoch, best_top1 = 0, -1.0
-    resume = _resume_path(cfg.run.resume, out)
+    resume = resume_path(cfg.run.resume, out)
     if resume is not None:
         state = read_training_checkpoint(resume)
         check_compatible(state, resume, cfg.model.name, class_names)
@@ -144,7 +144,7 @@ def _train(cfg: TrainConfig, env: DistributedEnv) -> EvalResult:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_top1 = state["epoch"], state["best_top1"]
-        _restore_rng(state["rng"], env, cfg.run.seed + start_epoch)
+        restore_rng(state["rng"], env, cfg.run.seed + start_epoch)
     elif env.is_main and (out / LAST).exists():
         logger.warning("%s already has a checkpoint: this new run replaces it (continue it with --resume auto)", out)
 
@@ -261,7 +261,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _resume_path(resume: str | None, output_dir: Path) -> Path | None:
+def resume_path(resume: str | None, output_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``None``, ``"auto"`` (``output_dir/last.pth`` when it exists) or a path."""
     if resume is None:
         return None
     if resume == "auto":
@@ -273,7 +274,8 @@ def _resume_path(resume: str | None, output_dir: Path) -> Path | None:
     return Path(resume)
 
 
-def _restore_rng(states: list[dict[str, Any]], env: DistributedEnv, fallback_seed: int) -> None:
+def restore_rng(states: list[dict[str, Any]], env: DistributedEnv, fallback_seed: int) -> None:
+    """Give this process the random streams it had when the checkpoint was written (one state per rank)."""
     if len(states) == env.world_size:
         set_rng_state(states[env.rank])
         return

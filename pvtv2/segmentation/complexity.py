@@ -52,7 +52,7 @@ def complexity_rows(names: list[str]) -> list[dict[str, Any]]:
 
 def print_table(names: list[str], as_json: bool) -> int:
     """Print the rows of ``names`` (models without published figures are left out); 0 if all are in tolerance."""
-    from ..cli.common import format_table
+    from ..text_table import format_table
 
     rows = complexity_rows(names)
     if as_json:

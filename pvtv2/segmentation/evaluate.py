@@ -83,7 +83,7 @@ class SegmentationMetrics:
 
     def table(self) -> str:
         """Per class IoU and accuracy (percent), one class a line."""
-        from ..cli.common import format_table
+        from ..text_table import format_table
 
         rows = [dict(name=n, iou="nan" if math.isnan(i) else f"{100 * i:.2f}", acc="nan" if math.isnan(a) else f"{100 * a:.2f}")
                 for n, i, a in zip(self.class_names, self.iou.tolist(), self.accuracy.tolist())]

@@ -31,7 +31,7 @@ from ..engine.distributed import DistributedEnv
 from ..engine.evaluate import shard
 from ..engine.recipe import autocast, build_optimizer, precision
 from ..engine.report import MetricsLog
-from ..engine.train import _restore_rng, _resume_path, seed_everything
+from ..engine.train import restore_rng, resume_path, seed_everything
 from ..models.complexity import count_params
 from ..models.weights import CheckpointError
 from .config import SegTrainConfig, config_yaml, parse_scales
@@ -143,7 +143,7 @@ def _train(cfg: SegTrainConfig, env: DistributedEnv) -> SegmentationMetrics:
 
     # Resume.
     start, best_miou = 0, -1.0
-    resume = _resume_path(cfg.run.resume, out)
+    resume = resume_path(cfg.run.resume, out)
     if resume is not None:
         state = read_segmentation_checkpoint(resume)
         check_compatible(state, resume, cfg.model.backbone, class_names)
@@ -155,7 +155,7 @@ def _train(cfg: SegTrainConfig, env: DistributedEnv) -> SegmentationMetrics:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start, best_miou = state["iteration"], state["best_mIoU"]
-        _restore_rng(state["rng"], env, cfg.run.seed + start)
+        restore_rng(state["rng"], env, cfg.run.seed + start)
     elif env.is_main and (out / LAST).exists():
         logger.warning("%s already has a checkpoint: this new run replaces it (continue it with --resume auto)", out)
 
