@@ -73,4 +73,4 @@ def run(args: argparse.Namespace) -> int:
             line += "  top-5 " + ", ".join(f"{i}:{p:.2f}" for p, i in zip(top5.values.tolist(), top5.indices.tolist()))
         print(line)
     print()
-    return table.run(argparse.Namespace(models=args.models, json=False))
+    return table.run(argparse.Namespace(models=args.models, json=False, task="classification"))
