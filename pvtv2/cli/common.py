@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from ..engine.config import load_sections, section_field_names, sections_to_dict
 from ..models import list_models
 from ..text_table import format_table  # noqa: F401  (the subcommands take it from here)
 
@@ -22,3 +27,44 @@ def select_models(patterns: Sequence[str] | None) -> list[str]:
             f"no model matches {' '.join(map(repr, patterns))}; known models: {', '.join(list_models())}"
         )
     return [name for name in list_models() if name in chosen]
+
+
+class _Override(argparse.Action):
+    """Collects ``--key value`` as ``(section.key, value)`` pairs, in command-line order."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, key: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.key = key
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), (self.key, values)])
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_type: type, config_help: str, overrides_help: str) -> None:
+    """``--config YAML``, ``--print-config`` and, per field of ``config_type``'s sections, an override
+    ``--key VALUE`` (also ``--section.key VALUE``); the overrides land in ``args.overrides``."""
+    parser.add_argument("--config", type=Path, required=True, metavar="YAML", help=config_help)
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the config with the overrides applied, then exit")
+    overrides = parser.add_argument_group("config overrides", overrides_help)
+    defaults = sections_to_dict(config_type())
+    for key, section in section_field_names(config_type).items():
+        overrides.add_argument(
+            f"--{key}", f"--{section}.{key}", dest="overrides", action=_Override, key=f"{section}.{key}",
+            metavar="VALUE", help=f"{section}.{key} (default: {defaults[section][key]})",
+        )
+    parser.set_defaults(overrides=[])
+
+
+def run_training(args: argparse.Namespace, config_type: type, train_module: str) -> int:
+    """Load ``args.config`` with its overrides as a ``config_type``; print it (``--print-config``) or pass it
+    to ``train`` of ``train_module``, imported only then (the training stacks import timm, pycocotools...)."""
+    config = load_sections(config_type, args.config, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    importlib.import_module(train_module).train(config)
+    return 0

@@ -14,35 +14,25 @@ JSON line per epoch: losses, lr, throughput, COCO AP figures) and the resolved c
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
-from .common import CommandError
-from .train import _Override
+from ..detection.config import DetConfig
+from .common import CommandError, add_config_arguments, run_training
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..detection.config import SECTIONS, field_names
-
     train = subparsers.add_parser(
         "det-train", help="train a RetinaNet or Mask R-CNN with a PVT backbone from a YAML config",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="pvt det-train --config YAML [--print-config] [--KEY VALUE ...]",
     )
-    train.add_argument("--config", type=Path, required=True, metavar="YAML", help="configs/detection/<name>.yaml")
-    train.add_argument("--print-config", action="store_true", help="print the config with the overrides applied, then exit")
-    overrides = train.add_argument_group(
-        "config overrides", "--resume auto|PATH continues a run; --pretrained PATH|official starts the backbone "
-        "from ImageNet weights",
+    add_config_arguments(
+        train, DetConfig, "configs/detection/<name>.yaml",
+        "--resume auto|PATH continues a run; --pretrained PATH|official starts the backbone from ImageNet weights "
+        "(or from a detector or segmenter checkpoint's backbone)",
     )
-    defaults = {section: dataclasses.asdict(cls()) for section, cls in SECTIONS.items()}
-    for key, section in field_names().items():
-        overrides.add_argument(
-            f"--{key}", f"--{section}.{key}", dest="overrides", action=_Override, key=f"{section}.{key}",
-            metavar="VALUE", help=f"{section}.{key} (default: {defaults[section][key]})",
-        )
-    train.set_defaults(handler=run_train, overrides=[])
+    train.set_defaults(handler=run_train)
 
     evaluate = subparsers.add_parser(
         "det-eval", help="COCO box (and mask) AP of a detection checkpoint",
@@ -75,16 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..detection.config import config_yaml, load_config
-
-    config = load_config(args.config, args.overrides)
-    if args.print_config:
-        print(config_yaml(config), end="")
-        return 0
-    from ..detection.train import train  # the training stack only when training
-
-    train(config)
-    return 0
+    return run_training(args, DetConfig, "pvtv2.detection.train")
 
 
 def run_eval(args: argparse.Namespace) -> int:

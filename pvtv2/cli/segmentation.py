@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from .common import CommandError
+from .common import CommandError, add_config_arguments, run_training
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,9 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    from ..engine.config import section_field_names
     from ..segmentation.config import SegTrainConfig
-    from .train import _Override  # the same --key value collector as pvt train
 
     parser = subparsers.add_parser(
         "seg-train", help="train a Semantic FPN segmenter from a YAML config",
@@ -36,16 +34,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
                     + __doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="pvt seg-train --config YAML [--print-config] [--KEY VALUE ...]",
     )
-    parser.add_argument("--config", type=Path, required=True, metavar="YAML", help="configs/segmentation/<name>.yaml")
-    parser.add_argument("--print-config", action="store_true", help="print the config with the overrides, then exit")
-    overrides = parser.add_argument_group("config overrides", "--resume auto|PATH continues a run; --pretrained "
-                                          "official|PATH starts the backbone from ImageNet weights")
-    defaults = SegTrainConfig().to_dict()
-    for key, section in section_field_names(SegTrainConfig).items():
-        overrides.add_argument(f"--{key}", f"--{section}.{key}", dest="overrides", action=_Override,
-                               key=f"{section}.{key}", metavar="VALUE",
-                               help=f"{section}.{key} (default: {defaults[section][key]})")
-    parser.set_defaults(handler=run_train, overrides=[])
+    add_config_arguments(
+        parser, SegTrainConfig, "configs/segmentation/<name>.yaml",
+        "--resume auto|PATH continues a run; --pretrained official|PATH starts the backbone from ImageNet weights "
+        "(or from a detector or segmenter checkpoint's backbone)",
+    )
+    parser.set_defaults(handler=run_train)
 
 
 def _add_eval(subparsers: argparse._SubParsersAction) -> None:
@@ -88,16 +82,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..segmentation.config import config_yaml, load_config
+    from ..segmentation.config import SegTrainConfig
 
-    config = load_config(args.config, args.overrides)
-    if args.print_config:
-        print(config_yaml(config), end="")
-        return 0
-    from ..segmentation.train import train
-
-    train(config)
-    return 0
+    return run_training(args, SegTrainConfig, "pvtv2.segmentation.train")
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -13,12 +13,9 @@ resolved config.yaml.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-from ..engine.config import SECTIONS, config_yaml, field_names, load_config
+from ..engine.config import TrainConfig
+from .common import add_config_arguments, run_training
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,40 +24,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="pvt train --config YAML [--print-config] [--KEY VALUE ...]",
     )
-    parser.add_argument("--config", type=Path, required=True, metavar="YAML", help="configs/<dataset>/<model>.yaml")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the config with the overrides applied, then exit")
-    overrides = parser.add_argument_group(
-        "config overrides", "--resume auto|PATH continues a run; --pretrained PATH|official fine-tunes from weights "
+    add_config_arguments(
+        parser, TrainConfig, "configs/<dataset>/<model>.yaml",
+        "--resume auto|PATH continues a run; --pretrained PATH|official fine-tunes from weights "
         "(a head with another number of classes is replaced)",
     )
-    defaults = {section: dataclasses.asdict(cls()) for section, cls in SECTIONS.items()}
-    for key, section in field_names().items():
-        overrides.add_argument(
-            f"--{key}", f"--{section}.{key}", dest="overrides", action=_Override, key=f"{section}.{key}",
-            metavar="VALUE", help=f"{section}.{key} (default: {defaults[section][key]})",
-        )
-    parser.set_defaults(handler=run, overrides=[])
-
-
-class _Override(argparse.Action):
-    """Collects ``--key value`` as ``(section.key, value)`` pairs, in command-line order."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, key: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, **kwargs)
-        self.key = key
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        setattr(namespace, self.dest, [*getattr(namespace, self.dest), (self.key, values)])
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    if args.print_config:
-        print(config_yaml(config), end="")
-        return 0
-    from ..engine.train import train  # the training stack (timm...) only when training
-
-    train(config)
-    return 0
+    return run_training(args, TrainConfig, "pvtv2.engine.train")
