@@ -69,13 +69,15 @@ def _fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def conv_gelu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``GELU(conv(x))``, fused on CPU inference."""
+def conv_gelu_tokens(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``GELU(conv(x))`` for a channels-last image ``x``, as tokens (B, H*W, C); fused on CPU inference."""
     if _fusable(x, conv.weight):
-        return torch.ops.mkldnn._convolution_pointwise(
+        return image_to_tokens(torch.ops.mkldnn._convolution_pointwise(
             x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "gelu", [], "none"
-        )
-    return F.gelu(conv(x))
+        ))
+    # GELU on the (B, N, C) view rather than on the 4-D channels-last tensor, which is the same memory:
+    # PyTorch's element-wise kernels run its forward and backward ~1.6x faster on the 3-D view here.
+    return F.gelu(image_to_tokens(conv(x)))
 
 
 def linear(
@@ -225,7 +227,7 @@ class DepthwiseConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return image_to_tokens(conv_gelu(self.dwconv, tokens_to_image(x, height, width)))
+        return conv_gelu_tokens(self.dwconv, tokens_to_image(x, height, width))
 
 
 class ConvFFN(nn.Module):
