@@ -30,7 +30,7 @@ from ..engine.distributed import DistributedEnv
 from ..engine.evaluate import shard
 from ..engine.recipe import autocast, precision
 from ..engine.report import MetricsLog
-from ..engine.train import restore_rng, resume_path, seed_everything
+from ..engine.train import restore_rng, restore_training_state, resume_path, seed_everything, warn_if_replacing
 from ..models.complexity import count_params
 from ..models.weights import CheckpointError
 from .config import DetConfig, config_yaml
@@ -125,17 +125,11 @@ def _train(cfg: DetConfig, env: DistributedEnv) -> dict[str, float]:
         if state.get("task") != TASK:
             raise CheckpointError(f"{resume} is not a detection checkpoint (task {state.get('task', 'classification')})")
         check_compatible(state, resume, model_name, class_names)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise CheckpointError(f"checkpoint {resume} does not fit this run's model or optimizer: {error}") from error
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        restore_training_state(state, resume, model, optimizer, scheduler, scaler)
         start_epoch, best_ap = state["epoch"], state["best_ap"]
         restore_rng(state["rng"], env, cfg.run.seed + start_epoch)
-    elif env.is_main and (out / LAST).exists():
-        logger.warning("%s already has a checkpoint: this new run replaces it (continue it with --resume auto)", out)
+    else:
+        warn_if_replacing(out, env)
 
     say(f"pvt det-train: {model_name} ({count_params(model) / 1e6:.2f}M params), {len(class_names)} classes; "
         f"{cfg.data.root}: {len(train_set)} training / {len(val_set)} held-out images")

@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,19 +135,11 @@ def _train(cfg: TrainConfig, env: DistributedEnv) -> EvalResult:
     if resume is not None:
         state = read_training_checkpoint(resume)
         check_compatible(state, resume, cfg.model.name, class_names)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if ema is not None and state["ema"] is not None:
-                ema.load_state_dict(state["ema"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise CheckpointError(f"checkpoint {resume} does not fit this run's model or optimizer: {error}") from error
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        restore_training_state(state, resume, model, optimizer, scheduler, scaler, ema)
         start_epoch, best_top1 = state["epoch"], state["best_top1"]
         restore_rng(state["rng"], env, cfg.run.seed + start_epoch)
-    elif env.is_main and (out / LAST).exists():
-        logger.warning("%s already has a checkpoint: this new run replaces it (continue it with --resume auto)", out)
+    else:
+        warn_if_replacing(out, env)
 
     source = cfg.data.root if cfg.data.dataset == "folder" else cfg.data.dataset
     say(f"pvt train: {cfg.model.name} ({count_params(model) / 1e6:.2f}M params), {len(class_names)} classes; "
@@ -272,6 +265,29 @@ def resume_path(resume: str | None, output_dir: Path) -> Path | None:
             return None
         return last
     return Path(resume)
+
+
+def restore_training_state(
+    state: Mapping[str, Any], path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+    scaler: torch.amp.GradScaler, ema: nn.Module | None = None,
+) -> None:
+    """Load a training checkpoint's model, optimizer (and EMA), schedule and grad-scaler states."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state["ema"] is not None:
+            ema.load_state_dict(state["ema"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"checkpoint {path} does not fit this run's model or optimizer: {error}") from error
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+
+
+def warn_if_replacing(output_dir: Path, env: DistributedEnv) -> None:
+    """Warn (once) that a new run in ``output_dir`` replaces the checkpoint already there."""
+    if env.is_main and (output_dir / LAST).exists():
+        logger.warning("%s already has a checkpoint: this new run replaces it (continue it with --resume auto)",
+                       output_dir)
 
 
 def restore_rng(states: list[dict[str, Any]], env: DistributedEnv, fallback_seed: int) -> None:

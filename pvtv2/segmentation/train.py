@@ -31,7 +31,7 @@ from ..engine.distributed import DistributedEnv
 from ..engine.evaluate import shard
 from ..engine.recipe import autocast, build_optimizer, precision
 from ..engine.report import MetricsLog
-from ..engine.train import restore_rng, resume_path, seed_everything
+from ..engine.train import restore_rng, restore_training_state, resume_path, seed_everything, warn_if_replacing
 from ..models.complexity import count_params
 from ..models.weights import CheckpointError
 from .config import SegTrainConfig, config_yaml, parse_scales
@@ -147,17 +147,11 @@ def _train(cfg: SegTrainConfig, env: DistributedEnv) -> SegmentationMetrics:
     if resume is not None:
         state = read_segmentation_checkpoint(resume)
         check_compatible(state, resume, cfg.model.backbone, class_names)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise CheckpointError(f"checkpoint {resume} does not fit this run's model or optimizer: {error}") from error
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        restore_training_state(state, resume, model, optimizer, scheduler, scaler)
         start, best_miou = state["iteration"], state["best_mIoU"]
         restore_rng(state["rng"], env, cfg.run.seed + start)
-    elif env.is_main and (out / LAST).exists():
-        logger.warning("%s already has a checkpoint: this new run replaces it (continue it with --resume auto)", out)
+    else:
+        warn_if_replacing(out, env)
 
     batch = cfg.optim.batch_size
     sampler = IterationSampler(len(train_set), env.rank, env.world_size, cfg.run.seed, start * batch)
