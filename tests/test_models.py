@@ -167,3 +167,21 @@ def test_fused_cpu_inference_equals_the_plain_modules(name):
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
     # With autograd on, the plain modules run and gradients flow.
     assert model(x).requires_grad
+
+
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_tiny"])
+def test_feed_forward_in_bands_equals_the_whole_tensor(name, monkeypatch):
+    from pvtv2.models import layers
+
+    model = pvtv2.create_model(name, num_classes=0).eval()
+    x = torch.randn(3, 3, 100, 76)  # odd grids (25x19, 13x10, ...): uneven last bands, halos at borders
+    with torch.inference_mode():
+        whole = model(x)
+        # Bands of 2 rows of 1 image, in every stage: the halo rows and the batch split are exercised.
+        monkeypatch.setattr(layers, "MIN_BAND_ROWS", 2)
+        # PVTv1's token chunks: 100 first-stage tokens (hidden 512 floats), an uneven last chunk.
+        monkeypatch.setattr(layers, "FFN_BAND_BYTES", 1 if name.startswith("pvt_v2") else 100 * 512 * 4)
+        if name.startswith("pvt_v2"):
+            assert model.block1[0].mlp.band_shape(3, 25, 19) == (1, 2)
+        banded = model(x)
+    torch.testing.assert_close(banded, whole, rtol=1e-5, atol=1e-6)

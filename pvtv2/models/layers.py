@@ -230,6 +230,18 @@ class DepthwiseConv(nn.Module):
         return conv_gelu_tokens(self.dwconv, tokens_to_image(x, height, width))
 
 
+# Fused CPU inference runs the conv FFN a band of rows at a time. Its hidden tensor is mlp_ratio times
+# wider than the tokens (51 MB for B2's first stage at batch 8): made whole, it is a fresh block on every
+# call, which glibc maps from the OS and faults in page by page (~10 us per 4 KiB on a VM), and it makes
+# three trips through memory. In bands of ~2 MB it stays in cache and in reused heap blocks. Each band
+# recomputes fc1 on the conv's halo (one row above and below), hence the minimum band height.
+# Measured (benchmarks/RESULTS.md): faster and 3x less peak memory with glibc's default allocator; with
+# one that keeps freed memory (jemalloc, `pvt bench --allocator keep`) as fast at 224 px, a few % slower
+# at 1024 px.
+FFN_BAND_BYTES = 2 * 1024 * 1024
+MIN_BAND_ROWS = 16  # at most 1/8 of fc1 recomputed
+
+
 class ConvFFN(nn.Module):
     """PVTv2's convolutional feed-forward network (Sec. 3.3): fc1, 3x3 depth-wise conv, GELU, fc2.
 
@@ -247,11 +259,47 @@ class ConvFFN(nn.Module):
     def forward(
         self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor | None = None
     ) -> torch.Tensor:
+        if residual is not None and _fusable(x, self.fc1.weight):
+            return self._forward_in_bands(x, height, width, residual)
         x = linear(self.fc1, x, "relu" if self.linear else "none")
         x = self.dwconv(x, height, width)
         if residual is not None:
             return linear(self.fc2, x, residual=residual)
         return self.drop(linear(self.fc2, self.drop(x)))
+
+    def band_shape(self, batch: int, height: int, width: int) -> tuple[int, int]:
+        """(images, rows) of each band whose hidden tensor, halo included, is about ``FFN_BAND_BYTES``."""
+        halo = self.dwconv.dwconv.padding[0]
+        row_bytes = width * self.fc1.out_features * self.fc1.weight.element_size()
+        rows = min(height, max(MIN_BAND_ROWS, FFN_BAND_BYTES // row_bytes - 2 * halo))
+        images = min(batch, max(1, FFN_BAND_BYTES // (row_bytes * (rows + 2 * halo))))
+        return images, rows
+
+    def _forward_in_bands(
+        self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor
+    ) -> torch.Tensor:
+        activation = "relu" if self.linear else "none"
+        batch, _, dim = x.shape
+        images, rows = self.band_shape(batch, height, width)
+        if images == batch and rows == height:  # one band: the whole tensor
+            hidden = self.dwconv(linear(self.fc1, x, activation), height, width)
+            return linear(self.fc2, hidden, residual=residual)
+        halo = self.dwconv.dwconv.padding[0]
+        x, residual = x.view(batch, height, width, dim), residual.view(batch, height, width, dim)
+        out = torch.empty_like(residual)
+        for first in range(0, batch, images):
+            last = first + images
+            for top in range(0, height, rows):
+                bottom = min(height, top + rows)
+                # fc1 on the band and its halo rows; the conv's zero padding of the halo's outer rows
+                # only reaches output rows outside the band, which are dropped.
+                low, high = max(0, top - halo), min(height, bottom + halo)
+                hidden = linear(self.fc1, x[first:last, low:high], activation).flatten(1, 2)
+                hidden = self.dwconv(hidden, high - low, width).unflatten(1, (high - low, width))
+                out[first:last, top:bottom] = linear(
+                    self.fc2, hidden[:, top - low:bottom - low], residual=residual[first:last, top:bottom]
+                )
+        return out.flatten(1, 2)
 
 
 class Mlp(nn.Module):
@@ -266,10 +314,26 @@ class Mlp(nn.Module):
     def forward(
         self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor | None = None
     ) -> torch.Tensor:
+        if residual is not None and _fusable(x, self.fc1.weight):
+            return self._forward_in_chunks(x, residual)
         x = linear(self.fc1, x, "gelu")
         if residual is not None:
             return linear(self.fc2, x, residual=residual)
         return self.drop(linear(self.fc2, self.drop(x)))
+
+    def _forward_in_chunks(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Fused CPU inference a chunk of tokens at a time, for the reasons of ``FFN_BAND_BYTES`` (no halo:
+        each token is on its own here)."""
+        tokens, residual_tokens = x.flatten(0, 1), residual.flatten(0, 1)
+        chunk = max(1, FFN_BAND_BYTES // (self.fc1.out_features * self.fc1.weight.element_size()))
+        if chunk >= tokens.shape[0]:
+            return linear(self.fc2, linear(self.fc1, x, "gelu"), residual=residual)
+        out = torch.empty_like(residual_tokens)
+        for start in range(0, tokens.shape[0], chunk):
+            end = start + chunk
+            hidden = linear(self.fc1, tokens[start:end], "gelu")
+            out[start:end] = linear(self.fc2, hidden, residual=residual_tokens[start:end])
+        return out.view_as(residual)
 
 
 class Block(nn.Module):
