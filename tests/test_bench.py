@@ -9,8 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from pvtv2.bench.suite import growth_exponent
+from pvtv2.bench.suite import BenchConfig, growth_exponent
 from pvtv2.cli.main import main
 
 TINY = [
@@ -21,7 +22,8 @@ TINY = [
     # at every op (the run then takes minutes instead of seconds).
     "--threads", "1",
 ]
-IMPL_FIGURES = {"median_s", "times_s", "images_per_s", "gflops_per_s", "peak_fraction", "peak_memory_mb"}
+IMPL_FIGURES = {"median_s", "times_s", "images_per_s", "gflops_per_s", "peak_fraction", "peak_memory_mb",
+                "page_faults_per_call"}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,7 @@ def test_bench_compares_every_installed_peer(tiny_run: tuple[int, str, Path]) ->
         for figures in row["impls"].values():
             assert set(figures) == IMPL_FIGURES and len(figures["times_s"]) == 1
             assert figures["images_per_s"] > 0 and figures["peak_memory_mb"] >= 0
+            assert figures["page_faults_per_call"] is None or figures["page_faults_per_call"] >= 0
         if row["task"] == "inference":
             # The speeds compared are of the same numbers: every peer's logits equal ours.
             assert list(row["max_rel_diff"]) == peers
@@ -91,3 +94,28 @@ def test_growth_exponent_recovers_a_power_law() -> None:
 def test_bench_rejects_an_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--models", "pvt_v9"]) == 2
     assert "pvt_v9" in capsys.readouterr().err
+
+
+def test_keep_freed_memory_stops_page_faults_on_reallocation() -> None:
+    from pvtv2.bench.allocator import keep_freed_memory, minor_page_faults
+
+    if minor_page_faults() is None:
+        pytest.skip("no getrusage here")
+
+    def faults_of_reallocation() -> int:
+        torch.ones(16 * 2**20)  # 64 MiB, every page written, then freed
+        before = minor_page_faults()
+        torch.ones(16 * 2**20)
+        return minor_page_faults() - before
+
+    with keep_freed_memory() as kept:
+        if not kept:
+            pytest.skip("not glibc")
+        faults_of_reallocation()  # the heap grows once
+        # 64 MiB fresh from the OS would be 16,384 faults of 4 KiB pages.
+        assert faults_of_reallocation() < 100
+
+
+def test_bench_config_rejects_an_unknown_allocator() -> None:
+    with pytest.raises(ValueError, match="allocator must be one of system, keep"):
+        BenchConfig(allocator="jemalloc")

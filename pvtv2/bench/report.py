@@ -84,7 +84,10 @@ def _linear_guide(axes: Any) -> None:
 def describe_mode(config: dict[str, Any]) -> str:
     """How the models ran, from a run's config: "eager, float32", "compiled, bf16 autocast, channels-last"."""
     parts = ["compiled" if config["compile"] else "eager", "bf16 autocast" if config["amp"] else "float32"]
-    return ", ".join(parts + (["channels-last"] if config["channels_last"] else []))
+    parts += ["channels-last"] if config["channels_last"] else []
+    # Older bench.json files have no allocator setting: they ran the system allocator.
+    parts += ["glibc keeping freed memory"] if config.get("allocator") == "keep" else []
+    return ", ".join(parts)
 
 
 def _colors(count: int) -> list[str]:

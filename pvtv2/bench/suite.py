@@ -36,6 +36,7 @@ from torch import nn
 
 from ..models import create_model, list_models
 from ..models.complexity import count_flops, create_for_counting
+from .allocator import ALLOCATORS, keep_freed_memory
 from .machine import describe_machine
 from .memory import describe_method, measure_peak_memory
 from .peers import is_v2, peer_with_weights_of, peers_of, relative_error
@@ -71,12 +72,15 @@ class BenchConfig:
     channels_last: bool = False
     amp: str | None = None  # "bf16": autocast to bfloat16
     threads: int | None = None  # torch's CPU threads for the run (default: torch's own choice, all cores)
+    allocator: str = "system"  # "keep": glibc keeps freed memory, no page faults (see allocator.py)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' asked for, but torch sees no CUDA device here")
+        if self.allocator not in ALLOCATORS:
+            raise ValueError(f"allocator must be one of {', '.join(ALLOCATORS)}, got {self.allocator!r}")
         if self.amp not in (None, "bf16"):
             raise ValueError(f"amp must be None or 'bf16', got {self.amp!r}")
         unknown = sorted(set(self.models + self.sweep_models) - set(list_models()))
@@ -126,10 +130,13 @@ def run_suite(config: BenchConfig, log: Log = lambda line: None) -> dict[str, An
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        results = _run(config, log)
+        with keep_freed_memory(config.allocator == "keep") as kept:
+            if config.allocator == "keep" and not kept:
+                log("allocator 'keep' asked for, but this C library is not glibc: the system allocator runs")
+            results = _run(config, log)
     finally:
         torch.set_num_threads(threads_before)
-    return {"meta": _meta(started, load_before)} | results
+    return {"meta": _meta(started, load_before) | {"freed_memory_kept": kept}} | results
 
 
 def _run(config: BenchConfig, log: Log) -> dict[str, Any]:
@@ -253,7 +260,8 @@ def _timed_row(
     memory_mb, outputs = {}, {}
     for impl, call in calls.items():
         memory_mb[impl], outputs[impl] = measure_peak_memory(call, config.device)
-    times = interleaved_times(calls, rounds or config.rounds, synchronize)
+    page_faults: dict[str, list[int]] = {}
+    times = interleaved_times(calls, rounds or config.rounds, synchronize, page_faults)
     flops_per_image = flops_factor * count_flops(create_for_counting(name), (size, size))
     impls = {}
     for impl in calls:
@@ -262,6 +270,7 @@ def _timed_row(
         impls[impl] = dict(
             median_s=seconds, times_s=times[impl], images_per_s=batch / seconds,
             gflops_per_s=gflops, peak_fraction=gflops / peak, peak_memory_mb=memory_mb[impl],
+            page_faults_per_call=median(page_faults[impl]) if impl in page_faults else None,
         )
     ours = impls[OURS]["images_per_s"]
     row = dict(

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from .allocator import minor_page_faults
+
 
 def synchronizer(device: str) -> Callable[[], None]:
     """What makes a call's work finished when it returns: CUDA kernels run asynchronously."""
@@ -29,13 +31,15 @@ def warm_up(
 
 
 def interleaved_times(
-    calls: Mapping[str, Callable[[], object]], rounds: int, synchronize: Callable[[], None] = lambda: None
+    calls: Mapping[str, Callable[[], object]], rounds: int, synchronize: Callable[[], None] = lambda: None,
+    page_faults: dict[str, list[int]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each of ``calls`` over ``rounds`` rounds.
 
     Each round runs every call once, starting one further along the list each time, so none is always
     first (right after another's memory was freed) or last. The garbage collector is off while timing,
-    as in ``timeit``, so a collection does not land in one implementation's figures.
+    as in ``timeit``, so a collection does not land in one implementation's figures. Where the OS counts
+    them, ``page_faults`` (if given) receives each call's minor page faults.
     """
     names = list(calls)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -47,10 +51,13 @@ def interleaved_times(
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
                 synchronize()
+                faults_before = minor_page_faults()
                 start = time.perf_counter()
                 calls[name]()
                 synchronize()
                 times[name].append(time.perf_counter() - start)
+                if page_faults is not None and faults_before is not None:
+                    page_faults.setdefault(name, []).append(minor_page_faults() - faults_before)
     finally:
         if gc_was_enabled:
             gc.enable()

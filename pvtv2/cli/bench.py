@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bench import BenchConfig, run_suite, write_results
+from ..bench.allocator import ALLOCATORS
 from ..bench.report import describe_mode
 from ..bench.peers import PEERS
 from .common import format_table, select_models
@@ -40,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile every implementation")
     parser.add_argument("--channels-last", action="store_true", help="channels-last weights and images")
     parser.add_argument("--amp", choices=("bf16",), help="autocast to this dtype (meant for GPUs)")
+    parser.add_argument("--allocator", choices=ALLOCATORS, default="system",
+                        help="system: the C allocator as is (what users run); keep: glibc keeps freed memory, "
+                             "so no call page-faults and the kernels alone are compared (default: system)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), metavar="DIR",
                         help="folder for bench.json and resolution.png (default: benchmarks/results)")
     finer = parser.add_argument_group("finer settings (defaults: those of --device and --quick)")
@@ -58,7 +62,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """The preset of --device and --quick, with whatever the other options set."""
-    overrides: dict[str, Any] = dict(compile=args.compile, channels_last=args.channels_last, amp=args.amp)
+    overrides: dict[str, Any] = dict(compile=args.compile, channels_last=args.channels_last, amp=args.amp,
+                                     allocator=args.allocator)
     if args.models:
         overrides["models"] = tuple(select_models(args.models))
     if args.sweep_models is not None:
@@ -110,6 +115,9 @@ def format_report(results: dict[str, Any]) -> str:
     if results["throughput"]:
         lines += ["throughput (images/s)", _throughput_table(results["throughput"]), "",
                   "peak memory (MB)", _memory_table(results["throughput"]), ""]
+        if any(r.get("page_faults_per_call") for row in results["throughput"] for r in row["impls"].values()):
+            lines += ["minor page faults per call (median; first touches of memory the OS handed out)",
+                      _memory_table(results["throughput"], "page_faults_per_call"), ""]
     if results["sweep"]:
         lines += [f"cost against resolution (batch 1, medians of {config['sweep_rounds']} rounds)",
                   _sweep_table(results["sweep"]), "",
@@ -140,10 +148,11 @@ def _throughput_table(rows: list[dict[str, Any]]) -> str:
     return format_table(text_rows, headers)
 
 
-def _memory_table(rows: list[dict[str, Any]]) -> str:
+def _memory_table(rows: list[dict[str, Any]], field: str = "peak_memory_mb") -> str:
+    """Each implementation's ``field`` (peak memory, page faults) per throughput row."""
     text_rows = [
         dict(model=row["model"], task=_task(row),
-             **{impl: _maybe(row["impls"].get(impl), lambda r: f"{r['peak_memory_mb']:.0f}")
+             **{impl: _maybe(row["impls"].get(impl), lambda r: _maybe(r.get(field), lambda v: f"{v:.0f}"))
                 for impl in ("ours", *PEERS)})
         for row in rows
     ]
