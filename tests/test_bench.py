@@ -97,7 +97,7 @@ def test_bench_rejects_an_unknown_model(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_keep_freed_memory_stops_page_faults_on_reallocation() -> None:
-    from pvtv2.bench.allocator import keep_freed_memory, minor_page_faults
+    from pvtv2.engine.allocator import keep_freed_memory, minor_page_faults
 
     if minor_page_faults() is None:
         pytest.skip("no getrusage here")

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..models import create_model, list_models
 from ..models.complexity import count_flops, create_for_counting
-from .allocator import ALLOCATORS, keep_freed_memory
+from ..engine.allocator import ALLOCATORS, keep_freed_memory
 from .machine import describe_machine
 from .memory import describe_method, measure_peak_memory
 from .peers import is_v2, peer_with_weights_of, peers_of, relative_error

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from .allocator import minor_page_faults
+from ..engine.allocator import minor_page_faults
 
 
 def synchronizer(device: str) -> Callable[[], None]:

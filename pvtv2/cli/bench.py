@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bench import BenchConfig, run_suite, write_results
-from ..bench.allocator import ALLOCATORS
+from ..engine.allocator import ALLOCATORS
 from ..bench.report import describe_mode
 from ..bench.peers import PEERS
 from .common import format_table, select_models

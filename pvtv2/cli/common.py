@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..engine.allocator import keep_freed_memory
 from ..engine.config import load_sections, section_field_names, sections_to_dict
 from ..models import list_models
 from ..text_table import format_table  # noqa: F401  (the subcommands take it from here)
@@ -47,6 +48,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_type: type, con
     parser.add_argument("--config", type=Path, required=True, metavar="YAML", help=config_help)
     parser.add_argument("--print-config", action="store_true",
                         help="print the config with the overrides applied, then exit")
+    parser.add_argument("--system-allocator", action="store_true",
+                        help="leave glibc's allocator as it is; by default it keeps freed memory for the run, so "
+                             "big activations are not faulted in afresh every step (the process then holds its "
+                             "peak memory)")
     overrides = parser.add_argument_group("config overrides", overrides_help)
     defaults = sections_to_dict(config_type())
     for key, section in section_field_names(config_type).items():
@@ -66,5 +71,8 @@ def run_training(args: argparse.Namespace, config_type: type, train_module: str)
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
-    importlib.import_module(train_module).train(config)
+    # A training process allocates and frees the same big activations every step; glibc would hand them
+    # back to the OS and fault them in again (engine/allocator.py). The process is ours, so keep them.
+    with keep_freed_memory(enabled=not args.system_allocator):
+        importlib.import_module(train_module).train(config)
     return 0
