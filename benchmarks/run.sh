@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The runs RESULTS.md records, one folder each under benchmarks/results/: the printed tables (report.txt),
-# bench.json and resolution.png. CPU: float32, eager and compiled. GPU: float32 eager, then bf16 autocast
+# bench.json and resolution.png. CPU: float32, eager and compiled, with glibc's allocator as is and keeping
+# freed memory. GPU: float32 eager, then bf16 autocast
 # with channels-last, eager and compiled.
 #   benchmarks/run.sh cpu|cuda [extra pvt bench options]
 set -euo pipefail
@@ -19,8 +20,11 @@ run() {  # run NAME OPTIONS...: one variant of the suite into benchmarks/results
 
 case $device in
   cpu)
-    run cpu-eager "$@"
-    run cpu-compiled --compile "$@"
+    # Both allocator settings: the system one is what users get, "keep" compares the kernels alone.
+    for allocator in system keep; do
+      run cpu-eager-$allocator --allocator $allocator "$@"
+      run cpu-compiled-$allocator --compile --allocator $allocator "$@"
+    done
     ;;
   cuda)
     run cuda-eager "$@"
