@@ -5,10 +5,11 @@ Measured: inference images/s (batch 1 and 8 on CPU, 64 and 256 on GPU, 224x224, 
 training step's images/s (forward, backward, AdamW; batch 8 on CPU, 128 on GPU), peak memory (CPU RSS or
 CUDA allocations above the idle process), achieved GFLOP/s as a fraction of a measured matmul peak, and
 batch-1 cost against resolution (224..1024 px) for B2, B2-Li and PVT-Small with its growth exponent in
-pixel count. timm has no PVTv1; a peer that is not installed is left out.
+pixel count, and each call's minor page faults (--allocator keep: glibc keeps freed memory, so none after
+warm-up and the kernels alone are compared). timm has no PVTv1; a peer that is not installed is left out.
 
 Writes DIR/bench.json (every figure) and DIR/resolution.png (the resolution sweep). --quick runs B0 and
-B2 (training at batch 2) with B2-Li's scaling up to 640 px, 3 rounds: under 3 minutes on a 2-core CPU.
+B2 (training at batch 2) with B2-Li's scaling up to 640 px, 2 rounds: under 3 minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
