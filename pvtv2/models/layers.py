@@ -233,13 +233,14 @@ class DepthwiseConv(nn.Module):
 # Fused CPU inference runs the conv FFN a band of rows at a time. Its hidden tensor is mlp_ratio times
 # wider than the tokens (51 MB for B2's first stage at batch 8): made whole, it is a fresh block on every
 # call, which glibc maps from the OS and faults in page by page (~10 us per 4 KiB on a VM), and it makes
-# three trips through memory. In bands of ~2 MB it stays in cache and in reused heap blocks. Each band
-# recomputes fc1 on the conv's halo (one row above and below), hence the minimum band height.
-# Measured (benchmarks/RESULTS.md): faster and 3x less peak memory with glibc's default allocator; with
-# one that keeps freed memory (jemalloc, `pvt bench --allocator keep`) as fast at 224 px, a few % slower
-# at 1024 px.
-FFN_BAND_BYTES = 2 * 1024 * 1024
-MIN_BAND_ROWS = 16  # at most 1/8 of fc1 recomputed
+# three trips through memory. In bands of a few MB it stays in cache and in reused heap blocks. Each band
+# recomputes fc1 on the conv's halo (one row above and below), hence the minimum band height; for inputs
+# up to 1333 px wide (detection) bands stay under 32 MB, the largest block glibc keeps for reuse. Measured (benchmarks/RESULTS.md, 2 threads):
+# faster and 2-3x less peak memory with glibc's default allocator; with one that keeps freed memory
+# (jemalloc, `pvt bench --allocator keep`) within a few % of the whole tensor. 4 MiB was the best of
+# 2-16 MiB here with either allocator.
+FFN_BAND_BYTES = 4 * 1024 * 1024
+MIN_BAND_ROWS = 32  # at most 1/16 of fc1 recomputed
 
 
 class ConvFFN(nn.Module):
