@@ -128,3 +128,16 @@ def test_keep_freed_memory_stops_page_faults_on_reallocation() -> None:
 def test_bench_config_rejects_an_unknown_allocator() -> None:
     with pytest.raises(ValueError, match="allocator must be one of system, keep"):
         BenchConfig(allocator="jemalloc")
+
+
+def test_separate_processes_script_times_each_implementation_alone() -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "separate_processes.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--model", "pvt_v2_b0", "--batch", "1", "--size", "64", "--runs", "1",
+         "--calls", "1", "--threads", "1"],
+        capture_output=True, text=True, check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("pvt_v2_b0, batch 1, 64 px, 1 threads, allocator system, 1 processes each")
+    assert [line.split()[0] for line in lines[1:]] == ["ours", "timm", "hf"]
+    assert "ours faster by 1.00x" in lines[1]
