@@ -18,7 +18,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 
 
 def child(args: argparse.Namespace) -> None:
@@ -27,7 +26,8 @@ def child(args: argparse.Namespace) -> None:
 
     from pvtv2 import create_model
     from pvtv2.bench.peers import peer_with_weights_of
-    from pvtv2.engine.allocator import keep_freed_memory, minor_page_faults
+    from pvtv2.bench.timing import interleaved_times, median, warm_up
+    from pvtv2.engine.allocator import keep_freed_memory
 
     with keep_freed_memory(args.allocator == "keep"):
         torch.set_num_threads(args.threads)
@@ -36,16 +36,16 @@ def child(args: argparse.Namespace) -> None:
         if args.child != "ours":
             model = peer_with_weights_of(args.child, model, args.model, args.size).eval()
         images = torch.randn(args.batch, 3, args.size, args.size)
-        times, faults = [], []
-        with torch.inference_mode():
-            for _ in range(2):
+
+        def call() -> None:
+            with torch.inference_mode():
                 model(images)
-            for _ in range(args.calls):
-                before, start = minor_page_faults(), time.perf_counter()
-                model(images)
-                times.append(time.perf_counter() - start)
-                faults.append(minor_page_faults() - before)
-    print(json.dumps({"median_s": statistics.median(times), "faults": statistics.median(faults)}))
+
+        # The bench's own timing, with one implementation: warm-up, then timed calls and their page faults.
+        warm_up({args.child: call}, 2)
+        faults: dict[str, list[int]] = {}
+        times = interleaved_times({args.child: call}, args.calls, page_faults=faults)[args.child]
+    print(json.dumps({"median_s": median(times), "faults": median(faults.get(args.child, [0]))}))
 
 
 def main() -> None:

@@ -14,8 +14,6 @@ mean "memory the call needed":
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import gc
 import re
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+
+from ..engine.allocator import release_free_heap
 
 MB = 2**20
 _STATUS = Path("/proc/self/status")
@@ -44,7 +44,7 @@ def measure_peak_memory(call: Callable[[], T], device: str) -> tuple[float, T]:
         result = call()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / MB, result
-    _release_free_heap()
+    release_free_heap()
     if cpu_memory_method() == "VmHWM":
         before = _resident_kib("VmRSS")
         _CLEAR_REFS.write_text("5")  # the high-water mark restarts from the current RSS
@@ -77,15 +77,6 @@ def _resident_kib(field: str) -> int:
     if match is None:
         raise AttributeError(f"no {field} in {_STATUS}")
     return int(match[1])
-
-
-def _release_free_heap() -> None:
-    """Give freed heap memory back to the OS (glibc only; elsewhere the allocator's own policy holds)."""
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass
 
 
 def _sampled_peak(call: Callable[[], T]) -> tuple[float, T]:

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.allocator import ALLOCATORS, keep_freed_memory
 from ..models import create_model, list_models
 from ..models.complexity import count_flops, create_for_counting
-from ..engine.allocator import ALLOCATORS, keep_freed_memory
 from .machine import describe_machine
 from .memory import describe_method, measure_peak_memory
 from .peers import is_v2, peer_with_weights_of, peers_of, relative_error
@@ -130,8 +130,9 @@ def run_suite(config: BenchConfig, log: Log = lambda line: None) -> dict[str, An
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        with keep_freed_memory(config.allocator == "keep") as kept:
-            if config.allocator == "keep" and not kept:
+        wants_keep = config.allocator == "keep"
+        with keep_freed_memory(wants_keep) as kept:
+            if wants_keep and not kept:
                 log("allocator 'keep' asked for, but this C library is not glibc: the system allocator runs")
             results = _run(config, log)
     finally:

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ..bench import BenchConfig, run_suite, write_results
-from ..engine.allocator import ALLOCATORS
-from ..bench.report import describe_mode
 from ..bench.peers import PEERS
+from ..bench.report import describe_mode
+from ..engine.allocator import ALLOCATORS
 from .common import format_table, select_models
 
 PEER_TITLES = {"timm": "timm", "hf": "HF"}

@@ -30,6 +30,7 @@ _KEEP_THRESHOLD = 2**30  # blocks up to 1 GiB come from the heap (1024 px activa
 
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """glibc, or None where the C library is another one (no mallopt / malloc_trim)."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
@@ -55,6 +56,13 @@ def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
         if applied:
             libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
             libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+
+
+def release_free_heap() -> None:
+    """Give freed heap memory back to the OS now (glibc's ``malloc_trim``; elsewhere nothing happens)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def minor_page_faults() -> int | None:

@@ -69,12 +69,16 @@ def _fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
+def _fused_conv_gelu_tokens(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return image_to_tokens(torch.ops.mkldnn._convolution_pointwise(
+        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "gelu", [], "none"
+    ))
+
+
 def conv_gelu_tokens(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``GELU(conv(x))`` for a channels-last image ``x``, as tokens (B, H*W, C); fused on CPU inference."""
     if _fusable(x, conv.weight):
-        return image_to_tokens(torch.ops.mkldnn._convolution_pointwise(
-            x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "gelu", [], "none"
-        ))
+        return _fused_conv_gelu_tokens(conv, x)
     # GELU on the (B, N, C) view rather than on the 4-D channels-last tensor, which is the same memory:
     # PyTorch's element-wise kernels run its forward and backward ~1.6x faster on the 3-D view here.
     return F.gelu(image_to_tokens(conv(x)))
@@ -90,13 +94,19 @@ def linear(
     ~10-20% of a linear layer here).
     """
     if _fusable(x, module.weight):
-        if residual is not None:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, module.weight, module.bias, "add")
-        algorithm = "none" if activation == "gelu" else ""  # "none" selects exact (erf) GELU, not tanh
-        return torch.ops.mkldnn._linear_pointwise(x, module.weight, module.bias, activation, [], algorithm)
+        return _fused_linear(module, x, activation, residual)
     x = module(x)
     x = F.gelu(x) if activation == "gelu" else F.relu(x) if activation == "relu" else x
     return x if residual is None else residual + x
+
+
+def _fused_linear(
+    module: nn.Linear, x: torch.Tensor, activation: str = "none", residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    if residual is not None:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, module.weight, module.bias, "add")
+    algorithm = "none" if activation == "gelu" else ""  # "none" selects exact (erf) GELU, not tanh
+    return torch.ops.mkldnn._linear_pointwise(x, module.weight, module.bias, activation, [], algorithm)
 
 
 def _averaging_matrix(out_size: int, in_size: int | torch.SymInt, like: torch.Tensor) -> torch.Tensor:
@@ -235,10 +245,10 @@ class DepthwiseConv(nn.Module):
 # call, which glibc maps from the OS and faults in page by page (~10 us per 4 KiB on a VM), and it makes
 # three trips through memory. In bands of a few MB it stays in cache and in reused heap blocks. Each band
 # recomputes fc1 on the conv's halo (one row above and below), hence the minimum band height; for inputs
-# up to 1333 px wide (detection) bands stay under 32 MB, the largest block glibc keeps for reuse. Measured (benchmarks/RESULTS.md, 2 threads):
-# faster and 2-3x less peak memory with glibc's default allocator; with one that keeps freed memory
-# (jemalloc, `pvt bench --allocator keep`) within a few % of the whole tensor. 4 MiB was the best of
-# 2-16 MiB here with either allocator.
+# up to 1333 px wide (detection) bands stay under 32 MB, the largest block glibc keeps for reuse.
+# Measured (benchmarks/RESULTS.md, 2 threads): faster and 2-3x less peak memory with glibc's default
+# allocator; with one that keeps freed memory (jemalloc, `pvt bench --allocator keep`) within a few % of
+# the whole tensor. 4 MiB was the best of 2-16 MiB here with either allocator.
 FFN_BAND_BYTES = 4 * 1024 * 1024
 MIN_BAND_ROWS = 32  # at most 1/16 of fc1 recomputed
 
@@ -261,7 +271,9 @@ class ConvFFN(nn.Module):
         self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor | None = None
     ) -> torch.Tensor:
         if residual is not None and _fusable(x, self.fc1.weight):
-            return self._forward_in_bands(x, height, width, residual)
+            images, rows = self.band_shape(x.shape[0], height, width)
+            if images < x.shape[0] or rows < height:
+                return self._forward_in_bands(x, height, width, residual, images, rows)
         x = linear(self.fc1, x, "relu" if self.linear else "none")
         x = self.dwconv(x, height, width)
         if residual is not None:
@@ -277,15 +289,13 @@ class ConvFFN(nn.Module):
         return images, rows
 
     def _forward_in_bands(
-        self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor
+        self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor, images: int, rows: int
     ) -> torch.Tensor:
+        """Fused CPU inference (the caller checked ``_fusable``) in bands of ``images`` x ``rows``."""
         activation = "relu" if self.linear else "none"
         batch, _, dim = x.shape
-        images, rows = self.band_shape(batch, height, width)
-        if images == batch and rows == height:  # one band: the whole tensor
-            hidden = self.dwconv(linear(self.fc1, x, activation), height, width)
-            return linear(self.fc2, hidden, residual=residual)
-        halo = self.dwconv.dwconv.padding[0]
+        conv = self.dwconv.dwconv
+        halo = conv.padding[0]
         x, residual = x.view(batch, height, width, dim), residual.view(batch, height, width, dim)
         out = torch.empty_like(residual)
         for first in range(0, batch, images):
@@ -295,9 +305,9 @@ class ConvFFN(nn.Module):
                 # fc1 on the band and its halo rows; the conv's zero padding of the halo's outer rows
                 # only reaches output rows outside the band, which are dropped.
                 low, high = max(0, top - halo), min(height, bottom + halo)
-                hidden = linear(self.fc1, x[first:last, low:high], activation).flatten(1, 2)
-                hidden = self.dwconv(hidden, high - low, width).unflatten(1, (high - low, width))
-                out[first:last, top:bottom] = linear(
+                hidden = _fused_linear(self.fc1, x[first:last, low:high], activation).permute(0, 3, 1, 2)
+                hidden = _fused_conv_gelu_tokens(conv, hidden).unflatten(1, (high - low, width))
+                out[first:last, top:bottom] = _fused_linear(
                     self.fc2, hidden[:, top - low:bottom - low], residual=residual[first:last, top:bottom]
                 )
         return out.flatten(1, 2)
@@ -316,24 +326,23 @@ class Mlp(nn.Module):
         self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor | None = None
     ) -> torch.Tensor:
         if residual is not None and _fusable(x, self.fc1.weight):
-            return self._forward_in_chunks(x, residual)
+            chunk = max(1, FFN_BAND_BYTES // (self.fc1.out_features * self.fc1.weight.element_size()))
+            if chunk < x.shape[0] * x.shape[1]:
+                return self._forward_in_chunks(x, residual, chunk)
         x = linear(self.fc1, x, "gelu")
         if residual is not None:
             return linear(self.fc2, x, residual=residual)
         return self.drop(linear(self.fc2, self.drop(x)))
 
-    def _forward_in_chunks(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """Fused CPU inference a chunk of tokens at a time, for the reasons of ``FFN_BAND_BYTES`` (no halo:
-        each token is on its own here)."""
+    def _forward_in_chunks(self, x: torch.Tensor, residual: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Fused CPU inference (the caller checked ``_fusable``) ``chunk`` tokens at a time, for the reasons
+        of ``FFN_BAND_BYTES`` (no halo: each token is on its own here)."""
         tokens, residual_tokens = x.flatten(0, 1), residual.flatten(0, 1)
-        chunk = max(1, FFN_BAND_BYTES // (self.fc1.out_features * self.fc1.weight.element_size()))
-        if chunk >= tokens.shape[0]:
-            return linear(self.fc2, linear(self.fc1, x, "gelu"), residual=residual)
         out = torch.empty_like(residual_tokens)
         for start in range(0, tokens.shape[0], chunk):
             end = start + chunk
-            hidden = linear(self.fc1, tokens[start:end], "gelu")
-            out[start:end] = linear(self.fc2, hidden, residual=residual_tokens[start:end])
+            hidden = _fused_linear(self.fc1, tokens[start:end], "gelu")
+            out[start:end] = _fused_linear(self.fc2, hidden, residual=residual_tokens[start:end])
         return out.view_as(residual)
 
 
