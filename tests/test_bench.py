@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pvtv2.bench import isolated
+from pvtv2.bench.peers import peers_of
 from pvtv2.bench.suite import BenchConfig, growth_exponent
 from pvtv2.cli.main import main
 
@@ -130,15 +132,48 @@ def test_bench_config_rejects_an_unknown_allocator() -> None:
         BenchConfig(allocator="jemalloc")
 
 
-def test_separate_processes_script_times_each_implementation_alone() -> None:
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "separate_processes.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--model", "pvt_v2_b0", "--batch", "1", "--size", "64", "--runs", "1",
-         "--calls", "1", "--threads", "1"],
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("pvt_v2_b0, batch 1, 64 px, 1 threads, allocator system, 1 processes each")
-    assert [line.split()[0] for line in lines[1:]] == ["ours", "timm", "hf"]
-    assert "ours faster by 1.00x" in lines[1]
+ISOLATED = ["bench", "--isolate", "--models", "pvt_v2_b0", "--batch", "1", "--image-size", "64", "--runs", "1",
+            "--warmup", "0", "--rounds", "2", "--threads", "1"]
+
+
+def test_bench_isolate_times_each_implementation_in_its_own_processes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*ISOLATED, "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "each implementation alone in 1 fresh process," in printed and "ours/timm" in printed
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert results["throughput"] == [] and results["sweep"] == []  # --isolate runs nothing in-process
+    section = results["isolated"]
+    assert (section["runs"], section["calls_per_process"]) == (1, 2)
+    [row] = section["rows"]
+    assert (row["model"], row["batch"], row["image_size"]) == ("pvt_v2_b0", 1, 64)
+    peers = peers_of("pvt_v2_b0")
+    assert list(row["impls"]) == ["ours", *peers]
+    for figures in row["impls"].values():
+        [process] = figures["processes"]
+        assert len(process["times_s"]) == 2 and min(process["times_s"]) > 0
+        assert figures["median_s"] == process["median_s"] > 0  # one process: its median is the row's
+        assert process["torch_threads"] == 1
+        assert figures["page_faults_per_call"] is None or figures["page_faults_per_call"] >= 0
+    ours = row["impls"]["ours"]["median_s"]
+    assert row["ratios"] == pytest.approx({f"ours/{peer}": row["impls"][peer]["median_s"] / ours for peer in peers})
+
+
+def test_bench_isolate_shows_a_failing_child_s_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A peer the child cannot build: its process dies with a traceback, which the error must carry.
+    monkeypatch.setattr(isolated, "peers_of", lambda name: ["no_such_peer"])
+    assert main([*ISOLATED, "--out", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert "no_such_peer on pvt_v2_b0 at batch 1 failed" in error
+    assert "Traceback" in error and "ValueError: unknown peer 'no_such_peer'" in error
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_bench_isolate_rejects_in_process_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--isolate", "--sizes", "224", "448"]) == 2
+    assert "--sizes do not apply" in capsys.readouterr().err
+    assert main(["bench", "--runs", "2"]) == 2
+    assert "--isolate" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pvtv2 import count_flops, count_params, create_model, list_models
-from pvtv2 import reference
+from pvtv2.models import reference
 from pvtv2.models.complexity import create_for_counting, flop_breakdown
 from pvtv2.models.pyramid import stage_grid_sizes
 

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from transformers import PvtForImageClassification, PvtV2ForImageClassification, PvtV2Model
 
 import pvtv2
-from pvtv2.models.checkpoints import convert_checkpoint, identify_model
-from pvtv2.models.convert import from_official
-from pvtv2.models.weights import CheckpointError, load_pretrained, read_checkpoint
+from pvtv2.models.conversion import convert_checkpoint, identify_model
+from pvtv2.models.keys import from_official
+from pvtv2.models.loading import CheckpointError, load_pretrained, read_checkpoint
 
 NAME = "pvt_v2_b0"
 

@@ -18,18 +18,20 @@ import torch
 import yaml
 from PIL import Image
 
-from pvtv2 import list_models, reference
+from pvtv2 import list_models
+from pvtv2.models import reference
 from pvtv2.cli.main import main
 from pvtv2.data import DatasetError
 from pvtv2.data.shapes import write_coco_shapes
 from pvtv2.detection import build_backbone, build_detector
 from pvtv2.detection.complexity import PAPER_COLUMN, complexity_rows
-from pvtv2.detection.config import ConfigError, config_from_dict, load_config
+from pvtv2.detection.config import DetectionConfig
 from pvtv2.detection.data import CocoDetection, collate, eval_transform, split_paths, train_transform
 from pvtv2.detection.evaluate import STAT_NAMES, coco_metrics, predict_dataset
 from pvtv2.detection.predict import evaluate_checkpoint, load_detector
 from pvtv2.detection.train import train
-from pvtv2.engine.checkpoint import read_training_checkpoint
+from pvtv2.engine.config import ConfigError
+from pvtv2.engine.training_state import read_training_checkpoint
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +61,7 @@ def _dataset(root: Path, split: str, train: bool, with_masks: bool = True) -> Co
 
 
 def _config(root: Path, out: Path, detector: str, **optim: object):
-    return config_from_dict(dict(
+    return DetectionConfig.from_dict(dict(
         model=dict(detector=detector, backbone="pvt_v2_b0", drop_path_rate=0.0, fpn_channels=32, box_head_channels=64,
                    mask_head_channels=32, anchor_sizes=[8, 16, 32, 64, 128], box_batch_size_per_image=32,
                    rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, detections_per_img=20),
@@ -216,9 +218,9 @@ def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  detector: mask_rcnn\n  fpn_channel: 64\n")
     with pytest.raises(ConfigError, match="fpn_channel.*did you mean fpn_channels"):
-        load_config(path)
+        DetectionConfig.load(path)
     with pytest.raises(ConfigError, match="detector must be one of"):
-        config_from_dict({"model": {"detector": "yolo"}})
+        DetectionConfig.from_dict({"model": {"detector": "yolo"}})
 
 
 def test_every_detector_config_loads() -> None:
@@ -226,7 +228,7 @@ def test_every_detector_config_loads() -> None:
     configs = REPO / "configs" / "detection"
     for name in reference.published(reference.COCO):
         for detector in ("retinanet", "mask_rcnn"):
-            config = load_config(configs / f"{detector}_{name}_1x.yaml")
+            config = DetectionConfig.load(configs / f"{detector}_{name}_1x.yaml")
             assert (config.model.detector, config.model.backbone, config.optim.epochs) == (detector, name, 12)
 
 
@@ -302,7 +304,7 @@ def test_shapes_config_generates_its_data_and_trains(tmp_path: Path, detector: s
     assert split_paths(tmp_path / "shapes", "val").annotations.is_file()
     assert "bbox_AP" in read_training_checkpoint(tmp_path / "run" / "last.pth")["metrics"]
     with pytest.raises(DatasetError, match="holds a shapes data set with 4 train scenes"):
-        train(load_config(config, [("root", str(tmp_path / "shapes")), ("shapes_train", "5"), ("device", "cpu")]))
+        train(DetectionConfig.load(config, [("root", str(tmp_path / "shapes")), ("shapes_train", "5"), ("device", "cpu")]))
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pvtv2
-from pvtv2.export import check_onnx, export_onnx, export_program
+from pvtv2.models.export import check_onnx, export_onnx, export_program
 
 from .peers import relative_error
 

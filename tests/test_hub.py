@@ -19,10 +19,10 @@ import pytest
 import torch
 
 import pvtv2
-from pvtv2 import reference
-from pvtv2.models import hub
-from pvtv2.models.convert import from_official
-from pvtv2.models.weights import CheckpointError
+from pvtv2.models import reference
+from pvtv2.models import download
+from pvtv2.models.keys import from_official
+from pvtv2.models.loading import CheckpointError
 
 NAME = "pvt_v2_b0"
 
@@ -117,27 +117,28 @@ def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
 
 # -- the table --------------------------------------------------------------------------------------------
 def test_every_model_of_the_zoo_is_in_the_release_table_with_its_published_top1():
-    assert list(hub.RELEASES) == pvtv2.list_models()
+    assert list(download.RELEASES) == pvtv2.list_models()
     published = reference.published(reference.IMAGENET)
-    for name, release in hub.RELEASES.items():
+    for name, release in download.RELEASES.items():
         assert release.url == f"https://github.com/whai362/PVT/releases/download/v2/{name}.pth"
         assert release.top1 == published[name]["top1"]
     params = sum(p.numel() for p in pvtv2.create_model(NAME).parameters())
-    assert hub.RELEASES[NAME].approx_size_bytes == 4 * params
+    assert download.RELEASES[NAME].approx_size_bytes == 4 * params
 
 
 def test_cache_folder_follows_pvt_home_then_torch_home(tmp_path, monkeypatch):
     monkeypatch.setenv("PVT_HOME", str(tmp_path / "pvt"))
-    assert hub.cached_path(NAME) == tmp_path / "pvt" / f"{NAME}.pth"
+    assert download.cached_path(NAME) == tmp_path / "pvt" / f"{NAME}.pth"
     monkeypatch.delenv("PVT_HOME")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    assert hub.cached_path(NAME) == tmp_path / "torch" / "hub" / "checkpoints" / f"{NAME}.pth"
+    assert download.cached_path(NAME) == tmp_path / "torch" / "hub" / "checkpoints" / f"{NAME}.pth"
 
 
 # -- downloading ------------------------------------------------------------------------------------------
-def test_pretrained_true_downloads_into_the_cache_and_loads(mirror, cache, b0_state, b0_bytes):
+@pytest.mark.parametrize("pretrained", ["official", True])
+def test_pretrained_official_downloads_into_the_cache_and_loads(pretrained, mirror, cache, b0_state, b0_bytes):
     mirror.serve(NAME, b0_bytes)
-    model = pvtv2.create_model(NAME, pretrained=True)
+    model = pvtv2.create_model(NAME, pretrained=pretrained)
     assert _same_tensors(model.state_dict(), b0_state)
     assert mirror.requests == [f"/pvt/v2/{NAME}.pth"]
     assert _files_in(cache) == [f"{NAME}.pth"]  # no temporary file left beside it
@@ -146,19 +147,19 @@ def test_pretrained_true_downloads_into_the_cache_and_loads(mirror, cache, b0_st
 
 def test_second_fetch_uses_the_cache_without_any_request(mirror, b0_bytes, monkeypatch):
     mirror.serve(NAME, b0_bytes)
-    first = hub.fetch(NAME, progress=False)
+    first = download.fetch(NAME, progress=False)
     monkeypatch.setenv("PVT_WEIGHTS_MIRROR", f"http://127.0.0.1:{_closed_port()}")  # the network is gone
-    assert hub.fetch(NAME, progress=False) == first
-    pvtv2.create_model(NAME, pretrained=True)
+    assert download.fetch(NAME, progress=False) == first
+    pvtv2.create_model(NAME, pretrained="official")
     assert len(mirror.requests) == 1
 
 
 def test_hash_mismatch_is_rejected_naming_both_hashes(mirror, cache, b0_bytes, monkeypatch):
     mirror.serve(NAME, b0_bytes)
     expected = "0" * 64
-    monkeypatch.setitem(hub.RELEASES, NAME, dataclasses.replace(hub.RELEASES[NAME], sha256=expected))
-    with pytest.raises(hub.WeightsUnavailableError) as error:
-        hub.fetch(NAME, progress=False)
+    monkeypatch.setitem(download.RELEASES, NAME, dataclasses.replace(download.RELEASES[NAME], sha256=expected))
+    with pytest.raises(download.WeightsUnavailableError) as error:
+        download.fetch(NAME, progress=False)
     actual = hashlib.sha256(b0_bytes).hexdigest()
     assert f"has sha256 {actual}" in str(error.value) and f"have sha256 {expected}" in str(error.value)
     assert _files_in(cache) == []
@@ -167,15 +168,15 @@ def test_hash_mismatch_is_rejected_naming_both_hashes(mirror, cache, b0_bytes, m
 def test_a_known_hash_that_matches_is_accepted(mirror, cache, b0_bytes, monkeypatch):
     mirror.serve(NAME, b0_bytes)
     actual = hashlib.sha256(b0_bytes).hexdigest()
-    monkeypatch.setitem(hub.RELEASES, NAME, dataclasses.replace(hub.RELEASES[NAME], sha256=actual))
-    assert hub.fetch(NAME, progress=False).read_bytes() == b0_bytes
+    monkeypatch.setitem(download.RELEASES, NAME, dataclasses.replace(download.RELEASES[NAME], sha256=actual))
+    assert download.fetch(NAME, progress=False).read_bytes() == b0_bytes
 
 
 def test_connection_dropped_halfway_leaves_nothing_cached(mirror, cache, b0_bytes):
     mirror.serve(NAME, b0_bytes, truncated=True)
     size = len(b0_bytes)
-    with pytest.raises(hub.WeightsUnavailableError, match=rf"ended after {size // 2} of {size} bytes"):
-        hub.fetch(NAME, progress=False)
+    with pytest.raises(download.WeightsUnavailableError, match=rf"ended after {size // 2} of {size} bytes"):
+        download.fetch(NAME, progress=False)
     assert _files_in(cache) == []
 
 
@@ -189,33 +190,33 @@ def test_a_download_that_is_not_the_model_is_not_cached(mirror, cache, served):
         body = buffer.getvalue()
     mirror.serve(NAME, body)
     with pytest.raises(CheckpointError, match="not cached"):
-        hub.fetch(NAME, progress=False)
+        download.fetch(NAME, progress=False)
     assert _files_in(cache) == []
 
 
 def test_unreachable_mirror_gives_one_paragraph_saying_what_to_do(cache, monkeypatch):
     url = f"http://127.0.0.1:{_closed_port()}/weights"
     monkeypatch.setenv("PVT_WEIGHTS_MIRROR", url)
-    with pytest.raises(hub.WeightsUnavailableError) as error:
+    with pytest.raises(download.WeightsUnavailableError) as error:
         pvtv2.create_model(NAME, pretrained=True)
     message = str(error.value)
     assert f"{url}/{NAME}.pth" in message  # which URL failed
     assert str(cache / f"{NAME}.pth") in message  # where to put the file by hand
     assert f"pvt weights import {NAME} FILE" in message
-    assert hub.RELEASES[NAME].url in message and "\n" not in message
+    assert download.RELEASES[NAME].url in message and "\n" not in message
     assert _files_in(cache) == []
 
 
 def test_missing_file_on_the_mirror_is_reported_with_the_http_status(mirror, cache):
-    with pytest.raises(hub.WeightsUnavailableError, match=rf"{mirror.url}/{NAME}\.pth \(HTTP 404"):
-        hub.fetch(NAME, progress=False)
+    with pytest.raises(download.WeightsUnavailableError, match=rf"{mirror.url}/{NAME}\.pth \(HTTP 404"):
+        download.fetch(NAME, progress=False)
     assert _files_in(cache) == []
 
 
 def test_release_address_is_the_default_and_the_mirror_replaces_it(cache, monkeypatch):
-    assert hub.source_of(NAME) == hub.RELEASES[NAME].url
+    assert download.source_of(NAME) == download.RELEASES[NAME].url
     monkeypatch.setenv("PVT_WEIGHTS_MIRROR", "https://mirror.example.org/pvt/")
-    assert hub.source_of(NAME) == f"https://mirror.example.org/pvt/{NAME}.pth"
+    assert download.source_of(NAME) == f"https://mirror.example.org/pvt/{NAME}.pth"
 
 
 def test_mirror_folder_is_copied_into_the_cache(tmp_path, cache, b0_state, b0_bytes, monkeypatch):
@@ -226,15 +227,15 @@ def test_mirror_folder_is_copied_into_the_cache(tmp_path, cache, b0_state, b0_by
     model = pvtv2.create_model(NAME, pretrained=True)
     assert _same_tensors(model.state_dict(), b0_state)
     assert _files_in(cache) == [f"{NAME}.pth"]
-    with pytest.raises(hub.WeightsUnavailableError, match=rf"mirror folder {shared} has no file pvt_v2_b1\.pth"):
-        hub.fetch("pvt_v2_b1", progress=False)
+    with pytest.raises(download.WeightsUnavailableError, match=rf"mirror folder {shared} has no file pvt_v2_b1\.pth"):
+        download.fetch("pvt_v2_b1", progress=False)
 
 
 # -- import -----------------------------------------------------------------------------------------------
 def test_import_checks_the_file_and_caches_it_in_official_layout(tmp_path, cache, b0_state):
     timm_file = tmp_path / "timm_b0.pth"
     torch.save(from_official(b0_state, "timm"), timm_file)
-    path = hub.import_weights(NAME, timm_file)
+    path = download.import_weights(NAME, timm_file)
     assert path == cache / f"{NAME}.pth" and _files_in(cache) == [f"{NAME}.pth"]
     assert _same_tensors(torch.load(path, weights_only=True), b0_state)
     assert _same_tensors(pvtv2.create_model(NAME, pretrained=True).state_dict(), b0_state)
@@ -243,12 +244,12 @@ def test_import_checks_the_file_and_caches_it_in_official_layout(tmp_path, cache
 def test_import_of_a_file_for_another_model_is_rejected_and_nothing_cached(tmp_path, cache, b0_state):
     torch.save(b0_state, tmp_path / "b0.pth")
     with pytest.raises(CheckpointError, match=r"does not fit pvt_v2_b1"):
-        hub.import_weights("pvt_v2_b1", tmp_path / "b0.pth")
+        download.import_weights("pvt_v2_b1", tmp_path / "b0.pth")
     backbone = {k: v for k, v in b0_state.items() if not k.startswith("head.")}
     torch.save(backbone, tmp_path / "backbone.pth")
     no_head = "not the ImageNet-1K classifier pvt_v2_b0: the checkpoint has no classification head"
     with pytest.raises(CheckpointError, match=no_head):
-        hub.import_weights(NAME, tmp_path / "backbone.pth")
+        download.import_weights(NAME, tmp_path / "backbone.pth")
     assert _files_in(cache) == []
 
 

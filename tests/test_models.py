@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pvtv2
-from pvtv2.models import PyramidVisionTransformer, PyramidVisionTransformerV2
+from pvtv2.models import PyramidVisionTransformer, PyramidVisionTransformerV2, cpu_inference, download
 
 ALL = pvtv2.list_models()
 V2 = pvtv2.list_models("pvt_v2_*")
@@ -156,14 +156,14 @@ def test_official_layout_and_layer_norm_eps():
 
 @pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_tiny"])
 def test_fused_cpu_inference_equals_the_plain_modules(name):
-    from pvtv2.models.layers import unfused
-
     model = pvtv2.create_model(name).eval()
     x = torch.randn(2, 3, 96, 112)
     with torch.inference_mode():
+        assert cpu_inference.can_fuse(model.block1[0], model.patch_embed1(x)[0])
         fused = model(x)
-        with unfused():
+        with cpu_inference.unfused():
             plain = model(x)
+    assert not torch.equal(fused, plain)  # the fused kernels did run
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
     # With autograd on, the plain modules run and gradients flow.
     assert model(x).requires_grad
@@ -171,17 +171,91 @@ def test_fused_cpu_inference_equals_the_plain_modules(name):
 
 @pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_tiny"])
 def test_feed_forward_in_bands_equals_the_whole_tensor(name, monkeypatch):
-    from pvtv2.models import layers
-
     model = pvtv2.create_model(name, num_classes=0).eval()
     x = torch.randn(3, 3, 100, 76)  # odd grids (25x19, 13x10, ...): uneven last bands, halos at borders
     with torch.inference_mode():
         whole = model(x)
         # Bands of 2 rows of 1 image, in every stage: the halo rows and the batch split are exercised.
-        monkeypatch.setattr(layers, "MIN_BAND_ROWS", 2)
+        monkeypatch.setattr(cpu_inference, "MIN_BAND_ROWS", 2)
         # PVTv1's token chunks: 100 first-stage tokens (hidden 512 floats), an uneven last chunk.
-        monkeypatch.setattr(layers, "FFN_BAND_BYTES", 1 if name.startswith("pvt_v2") else 100 * 512 * 4)
+        monkeypatch.setattr(cpu_inference, "FFN_BAND_BYTES", 1 if name.startswith("pvt_v2") else 100 * 512 * 4)
         if name.startswith("pvt_v2"):
-            assert model.block1[0].mlp.band_shape(3, 25, 19) == (1, 2)
+            assert cpu_inference.band_shape(model.block1[0].mlp, 3, 25, 19) == (1, 2)
         banded = model(x)
     torch.testing.assert_close(banded, whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("no_autograd", [torch.no_grad, torch.inference_mode])
+def test_forward_hooks_are_called_on_cpu_inference(no_autograd):
+    model = pvtv2.create_model("pvt_v2_b0").eval()
+    x = torch.randn(2, 3, 96, 112)
+    with no_autograd():
+        fused = model(x)
+    calls = []
+    handles = [
+        model.block1[0].mlp.register_forward_hook(lambda module, args, output: calls.append("ffn")),
+        model.block2[0].attn.q.register_forward_pre_hook(lambda module, args: calls.append("q")),
+    ]
+    try:
+        with no_autograd():
+            assert not cpu_inference.can_fuse(model.block1[0], model.patch_embed1(x)[0])
+            hooked = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sorted(calls) == ["ffn", "q"]
+    # The hooked blocks ran as their modules; the others (and, once the hooks are gone, all) fused.
+    torch.testing.assert_close(hooked, fused, rtol=1e-4, atol=1e-5)
+    with no_autograd():
+        assert torch.equal(model(x), fused)
+
+
+def test_global_forward_hooks_force_the_plain_modules():
+    model = pvtv2.create_model("pvt_tiny").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        fused = model(x)
+        with cpu_inference.unfused():
+            plain = model(x)
+    linears = []
+
+    def count_linears(module, args, output):
+        if isinstance(module, torch.nn.Linear):
+            linears.append(module)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(count_linears)
+    try:
+        with torch.inference_mode():
+            hooked = model(x)
+    finally:
+        handle.remove()
+    # q, kv, proj, fc1, fc2 in each of the 8 blocks, and the head: every linear layer ran as its module.
+    assert len(linears) == 5 * sum(model.depths) + 1
+    assert torch.equal(hooked, plain)
+    with torch.inference_mode():
+        assert torch.equal(model(x), fused)
+
+
+@pytest.mark.parametrize("pretrained", ["official", True])
+def test_pretrained_official_fetches_the_release_file(pretrained, tmp_path, monkeypatch):
+    torch.manual_seed(3)
+    state = pvtv2.create_model("pvt_v2_b0").state_dict()
+    torch.save(state, tmp_path / "pvt_v2_b0.pth")
+    fetched = []
+
+    def fetch(name):
+        fetched.append(name)
+        return tmp_path / f"{name}.pth"
+
+    monkeypatch.setattr(download, "fetch", fetch)
+    model = pvtv2.create_model("pvt_v2_b0", pretrained=pretrained)
+    assert fetched == ["pvt_v2_b0"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("num_classes", [-5, 2.5, None, True])
+def test_num_classes_must_be_a_count(num_classes):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 0"):
+        pvtv2.create_model("pvt_v2_b0", num_classes=num_classes)
+    with pytest.raises(ValueError, match="num_classes"):
+        pvtv2.create_model("pvt_v2_b0").reset_classifier(-1)

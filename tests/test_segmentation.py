@@ -14,16 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from pvtv2 import list_models, reference
+from pvtv2 import list_models
+from pvtv2.models import reference
 from pvtv2.cli.main import main
-from pvtv2.data.folder import DatasetError
+from pvtv2.data import DatasetError
 from pvtv2.data.shapes import write_segmentation_shapes
-from pvtv2.engine.checkpoint import read_training_checkpoint
 from pvtv2.engine.config import ConfigError
+from pvtv2.engine.training_state import read_training_checkpoint
 from pvtv2.models.complexity import count_params
 from pvtv2.segmentation import build_segmenter
 from pvtv2.segmentation.complexity import count_segmenter
-from pvtv2.segmentation.config import load_config
+from pvtv2.segmentation.config import SegmentationConfig
 from pvtv2.segmentation.data import IGNORE_INDEX, SegmentationDataset
 from pvtv2.segmentation.evaluate import SegmentationMetrics, confusion_matrix, predict_probabilities
 from pvtv2.segmentation.transforms import EvalTransform, train_transform
@@ -201,7 +202,7 @@ def test_every_config_loads_with_the_papers_recipe() -> None:
     configs = sorted((REPO / "configs/segmentation").glob("ade20k_*.yaml"))
     assert {c.stem.removeprefix("ade20k_semantic_fpn_") for c in configs} == set(list_models())
     for path in configs:
-        cfg = load_config(path)
+        cfg = SegmentationConfig.load(path)
         assert (cfg.optim.iterations, cfg.optim.batch_size * 4, cfg.optim.lr, cfg.optim.poly_power) == (
             40000, 16, 1e-4, 0.9)
         assert (cfg.augment.crop_size, cfg.augment.ratio_range, cfg.augment.scale) == (512, (0.5, 2.0), (2048, 512))
@@ -209,7 +210,7 @@ def test_every_config_loads_with_the_papers_recipe() -> None:
 
 def test_unknown_config_key_is_an_error() -> None:
     with pytest.raises(ConfigError, match="unknown config key '--epochs'"):
-        load_config(SHAPES_CONFIG, [("epochs", "3")])
+        SegmentationConfig.load(SHAPES_CONFIG, [("epochs", "3")])
 
 
 # Training, resuming, evaluating and predicting.
@@ -220,19 +221,19 @@ class _Killed(Exception):
 
 def test_train_resume_eval_predict(shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import pvtv2.segmentation.train as seg_train
+    import pvtv2.engine.run as engine_run
 
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert main(_tiny_run(shapes, straight, 4)) == 0
     # The same run, killed right after its checkpoint at iteration 2.
-    save = seg_train.atomic_save
+    save = engine_run.atomic_save
 
     def save_then_die(state: dict, path: Path) -> None:
         save(state, path)
         raise _Killed
 
     with monkeypatch.context() as patch:
-        patch.setattr(seg_train, "atomic_save", save_then_die)
+        patch.setattr(engine_run, "atomic_save", save_then_die)
         with pytest.raises(_Killed):
             main(_tiny_run(shapes, split, 4))
     assert read_training_checkpoint(split / "last.pth")["iteration"] == 2
@@ -264,11 +265,11 @@ def test_train_resume_eval_predict(shapes: Path, tmp_path: Path, capsys: pytest.
 
 def test_resuming_a_classifier_checkpoint_is_refused(shapes: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from pvtv2.engine.checkpoint import FORMAT_KEY, atomic_save
+    from pvtv2.engine.training_state import FORMAT_KEY, atomic_save
 
-    atomic_save({FORMAT_KEY: 1, "model": {}}, tmp_path / "cls.pth")
+    atomic_save({FORMAT_KEY: 2, "task": "classification", "model": {}}, tmp_path / "cls.pth")
     assert main(_tiny_run(shapes, tmp_path / "run", 2, "--resume", str(tmp_path / "cls.pth"))) == 2
-    assert "cls.pth is a checkpoint of pvt train (a classifier), not of pvt seg-train" in capsys.readouterr().err
+    assert "cls.pth is a checkpoint of pvt train (classification), not of pvt seg-train" in capsys.readouterr().err
 
 
 def test_bad_data_stops_seg_train_with_the_file_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -281,9 +282,9 @@ def test_bad_data_stops_seg_train_with_the_file_named(tmp_path: Path, capsys: py
 def test_generated_shapes_are_written_when_missing(tmp_path: Path) -> None:
     root = tmp_path / "generated"
     assert main(["seg-train", "--config", str(SHAPES_CONFIG), "--root", str(root), "--print-config"]) == 0
-    from pvtv2.segmentation.train import dataset_root
+    from pvtv2.segmentation.data import dataset_root
 
-    cfg = load_config(SHAPES_CONFIG, [("root", str(root)), ("shapes_train", "2"), ("shapes_val", "1"),
+    cfg = SegmentationConfig.load(SHAPES_CONFIG, [("root", str(root)), ("shapes_train", "2"), ("shapes_val", "1"),
                                       ("shapes_size", "32")])
     assert dataset_root(cfg) == root and len(list((root / "images" / "training").iterdir())) == 2
 

@@ -22,11 +22,13 @@ from PIL import Image
 
 from pvtv2 import create_model
 from pvtv2.cli.main import main
-from pvtv2.data import DatasetError, ImageFolder
-from pvtv2.engine.checkpoint import read_training_checkpoint
-from pvtv2.engine.config import ConfigError, TrainConfig, config_from_dict, load_config, save_config
+from pvtv2.classification.config import ClassificationConfig
+from pvtv2.classification.datasets import ImageFolder
+from pvtv2.data import DatasetError
+from pvtv2.engine.config import ConfigError
+from pvtv2.engine.training_state import read_training_checkpoint
 from pvtv2.engine.distributed import resolve_device
-from pvtv2.models.convert import from_official
+from pvtv2.models.keys import from_official
 
 CLASSES = ["circle", "cross", "square", "stripes"]
 SIZE = 32
@@ -111,11 +113,11 @@ def model_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 # -- config ---------------------------------------------------------------------------------------------
 
 def test_config_round_trips_through_yaml_with_overrides(tmp_path: Path) -> None:
-    config = config_from_dict(tiny_config(tmp_path, tmp_path / "run"))
-    save_config(config, tmp_path / "config.yaml")
-    assert load_config(tmp_path / "config.yaml") == config
+    config = ClassificationConfig.from_dict(tiny_config(tmp_path, tmp_path / "run"))
+    config.save(tmp_path / "config.yaml")
+    assert ClassificationConfig.load(tmp_path / "config.yaml") == config
 
-    changed = load_config(tmp_path / "config.yaml", [
+    changed = ClassificationConfig.load(tmp_path / "config.yaml", [
         ("epochs", "7"), ("optim.base_lr", "5e-4"), ("scale", "0.5,1"), ("clip_grad", "none"), ("ema", "true"),
         ("auto_augment", "rand-m9-mstd0.5-inc1"),
     ])
@@ -123,7 +125,7 @@ def test_config_round_trips_through_yaml_with_overrides(tmp_path: Path) -> None:
     assert changed.optim.clip_grad is None and changed.optim.ema is True
     assert changed.augment.auto_augment == "rand-m9-mstd0.5-inc1"
     # The defaults are the paper's ImageNet recipe.
-    recipe = TrainConfig()
+    recipe = ClassificationConfig()
     optim, augment = recipe.optim, recipe.augment
     assert (optim.epochs, optim.base_lr, optim.weight_decay, optim.warmup_epochs) == (300, 5e-4, 0.05, 5)
     assert (optim.warmup_lr, optim.min_lr, optim.batch_size) == (1e-6, 1e-5, 128)
@@ -141,7 +143,7 @@ def test_config_round_trips_through_yaml_with_overrides(tmp_path: Path) -> None:
 def test_config_errors_name_the_key(tmp_path: Path, content: dict, overrides: list, message: str) -> None:
     path = write_config(tmp_path / "bad.yaml", content)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):
-        load_config(path, overrides)
+        ClassificationConfig.load(path, overrides)
 
 
 def test_print_config_shows_every_value_with_the_overrides(capsys: pytest.CaptureFixture[str]) -> None:
@@ -158,7 +160,7 @@ def test_training_keeps_freed_memory_unless_told_not_to(monkeypatch: pytest.Monk
     import contextlib
 
     import pvtv2.cli.common
-    import pvtv2.engine.train
+    import pvtv2.classification.train
 
     seen = {}
 
@@ -169,11 +171,11 @@ def test_training_keeps_freed_memory_unless_told_not_to(monkeypatch: pytest.Monk
         yield enabled
         seen["inside"] = False
 
-    def fake_train(config: TrainConfig) -> None:
+    def fake_train(config: ClassificationConfig) -> None:
         seen["trained_inside"], seen["epochs"] = seen["inside"], config.optim.epochs
 
     monkeypatch.setattr(pvtv2.cli.common, "keep_freed_memory", recording)
-    monkeypatch.setattr(pvtv2.engine.train, "train", fake_train)
+    monkeypatch.setattr(pvtv2.classification.train, "train", fake_train)
     assert main(["train", "--config", str(REPO / "configs/digits/pvt_v2_b0.yaml"), "--epochs", "2", *flag]) == 0
     assert seen == {"enabled": kept, "inside": False, "trained_inside": True, "epochs": 2}
 
@@ -189,9 +191,9 @@ def test_every_shipped_classification_config_loads() -> None:
     configs = sorted([*(REPO / "configs" / "imagenet").glob("*.yaml"), *(REPO / "configs" / "digits").glob("*.yaml")])
     assert len(configs) == 12
     for path in configs:
-        config = load_config(path)
+        config = ClassificationConfig.load(path)
         assert config.model.name in path.stem
-    b3 = load_config(REPO / "configs/imagenet/pvt_v2_b3.yaml")
+    b3 = ClassificationConfig.load(REPO / "configs/imagenet/pvt_v2_b3.yaml")
     assert (b3.model.drop_path_rate, b3.optim.clip_grad, b3.optim.batch_size) == (0.3, 1.0, 128)
 
 

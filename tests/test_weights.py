@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 import pvtv2
-from pvtv2.models.convert import detect_format, from_official, to_official
-from pvtv2.models.weights import CheckpointError, load_pretrained
+from pvtv2.models.keys import detect_format, from_official, to_official
+from pvtv2.models.loading import CheckpointError, load_pretrained
 
 from .peers import hf_model, relative_error
 

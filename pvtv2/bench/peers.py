@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..models import PyramidVisionTransformerV2, model_settings
-from ..models.convert import from_official
+from ..models.keys import from_official
 
 PEERS = ("timm", "hf")  # in the order the tables show them
 PEER_PACKAGES = {"timm": "timm", "hf": "transformers"}

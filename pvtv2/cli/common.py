@@ -1,17 +1,16 @@
-"""Helpers shared by the subcommands: user errors and model selection (tables: :mod:`pvtv2.text_table`)."""
+"""Helpers shared by the subcommands: user errors and model selection (tables: :mod:`pvtv2.engine.text_table`)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..engine.allocator import keep_freed_memory
-from ..engine.config import load_sections, section_field_names, sections_to_dict
+from ..engine.config import Config
+from ..engine.text_table import format_table  # noqa: F401  (the subcommands take it from here)
 from ..models import list_models
-from ..text_table import format_table  # noqa: F401  (the subcommands take it from here)
 
 
 class CommandError(Exception):
@@ -42,7 +41,9 @@ class _Override(argparse.Action):
         setattr(namespace, self.dest, [*getattr(namespace, self.dest), (self.key, values)])
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_type: type, config_help: str, overrides_help: str) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, config_type: type[Config], config_help: str, overrides_help: str
+) -> None:
     """``--config YAML``, ``--print-config`` and, per field of ``config_type``'s sections, an override
     ``--key VALUE`` (also ``--section.key VALUE``); the overrides land in ``args.overrides``."""
     parser.add_argument("--config", type=Path, required=True, metavar="YAML", help=config_help)
@@ -53,8 +54,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_type: type, con
                              "big activations are not faulted in afresh every step (the process then holds its "
                              "peak memory)")
     overrides = parser.add_argument_group("config overrides", overrides_help)
-    defaults = sections_to_dict(config_type())
-    for key, section in section_field_names(config_type).items():
+    defaults = config_type().to_dict()
+    for key, section in config_type.keys().items():
         overrides.add_argument(
             f"--{key}", f"--{section}.{key}", dest="overrides", action=_Override, key=f"{section}.{key}",
             metavar="VALUE", help=f"{section}.{key} (default: {defaults[section][key]})",
@@ -62,17 +63,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_type: type, con
     parser.set_defaults(overrides=[])
 
 
-def run_training(args: argparse.Namespace, config_type: type, train_module: str) -> int:
-    """Load ``args.config`` with its overrides as a ``config_type``; print it (``--print-config``) or pass it
-    to ``train`` of ``train_module``, imported only then (the training stacks import timm, pycocotools...)."""
-    config = load_sections(config_type, args.config, args.overrides)
+def run_training(args: argparse.Namespace, config_type: type[Config], train: Callable[[Any], Any]) -> int:
+    """Load ``args.config`` with its overrides as a ``config_type`` (validated); print it (``--print-config``)
+    or pass it to the task's ``train`` function."""
+    config = config_type.load(args.config, args.overrides)
     if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        print(config.to_yaml(), end="")
         return 0
     # A training process allocates and frees the same big activations every step; glibc would hand them
     # back to the OS and fault them in again (engine/allocator.py). The process is ours, so keep them.
     with keep_freed_memory(enabled=not args.system_allocator):
-        importlib.import_module(train_module).train(config)
+        train(config)
     return 0

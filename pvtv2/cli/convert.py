@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..models.checkpoints import TARGETS, convert_checkpoint
+from ..models.conversion import TARGETS, convert_checkpoint
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

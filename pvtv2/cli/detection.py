@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..detection.config import DetConfig
+from ..detection.config import DetectionConfig
 from .common import CommandError, add_config_arguments, run_training
 
 
@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         usage="pvt det-train --config YAML [--print-config] [--KEY VALUE ...]",
     )
     add_config_arguments(
-        train, DetConfig, "configs/detection/<name>.yaml",
+        train, DetectionConfig, "configs/detection/<name>.yaml",
         "--resume auto|PATH continues a run; --pretrained PATH|official starts the backbone from ImageNet weights "
         "(or from a detector or segmenter checkpoint's backbone)",
     )
@@ -65,7 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    return run_training(args, DetConfig, "pvtv2.detection.train")
+    from ..detection.train import train  # the detection stack (torchvision detection, pycocotools) only here
+
+    return run_training(args, DetectionConfig, train)
 
 
 def run_eval(args: argparse.Namespace) -> int:

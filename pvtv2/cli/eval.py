@@ -49,10 +49,13 @@ def run(args: argparse.Namespace) -> int:
     # Imported here, so that the other subcommands do not load the training stack (timm).
     from torch.utils.data import DataLoader
 
-    from ..data import Digits, ImageFolder, eval_folder, eval_resize, eval_transform
+    from ..classification.datasets import ImageFolder, eval_folder
+    from ..classification.digits import Digits
+    from ..classification.evaluate import evaluate
+    from ..classification.inference import load_classifier
+    from ..classification.transforms import eval_resize, eval_transform
     from ..engine import distributed
-    from ..engine.evaluate import evaluate, shard
-    from ..engine.inference import load_classifier
+    from ..engine.distributed import shard
 
     env = distributed.setup(args.device)
     try:

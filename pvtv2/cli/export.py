@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..export import MAX_EXPORT_SIDE, MIN_EXPORT_SIDE, check_onnx, export_onnx, export_program
+from ..models.export import MAX_EXPORT_SIDE, MIN_EXPORT_SIDE, check_onnx, export_onnx, export_program
 from ..models import create_model
 from .common import CommandError
 
@@ -21,7 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("name", help="model name, e.g. pvt_v2_b2")
     parser.add_argument("--format", choices=("onnx", "torch-export"), default="onnx")
     parser.add_argument("--out", type=Path, help="output file (default: NAME.onnx or NAME.pt2)")
-    parser.add_argument("--pretrained", metavar="CHECKPOINT", help="weights to load (a path, or 'release')")
+    parser.add_argument("--pretrained", metavar="CHECKPOINT",
+                        help="weights to load: a checkpoint path, or 'official' for the release file")
     parser.add_argument("--features-only", action="store_true", help="export the 4-level pyramid instead of logits")
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--no-check", action="store_true", help="skip comparing the exported model with PyTorch")
@@ -29,8 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    pretrained = True if args.pretrained == "release" else args.pretrained
-    model = create_model(args.name, pretrained=pretrained, features_only=args.features_only,
+    model = create_model(args.name, pretrained=args.pretrained, features_only=args.features_only,
                          num_classes=args.num_classes).eval()
     suffix = ".onnx" if args.format == "onnx" else ".pt2"
     out = args.out or Path(args.name + ("_features" if args.features_only else "") + suffix)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import reference
+from ..models import reference
 from ..models.complexity import count_params, create_for_counting
 from .common import format_table, select_models
 

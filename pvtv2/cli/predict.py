@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from ..data import open_rgb
 from .common import CommandError
 
 
@@ -39,14 +39,14 @@ def run(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise CommandError(f"--topk must be at least 1, got {args.topk}")
     # Imported here, so that the other subcommands do not load the training stack (timm).
-    from ..data import eval_transform
+    from ..classification.inference import load_classifier
+    from ..classification.transforms import eval_transform
     from ..engine.distributed import resolve_device
-    from ..engine.inference import load_classifier
 
     device = resolve_device(args.device)
     classifier = load_classifier(args.checkpoint, args.model, use_ema=args.ema)
     transform = eval_transform(classifier.img_size, classifier.crop_pct, classifier.interpolation)
-    batch = torch.stack([transform(read_image(path)) for path in args.images]).to(device)  # (N, 3, S, S)
+    batch = torch.stack([transform(open_rgb(path)) for path in args.images]).to(device)  # (N, 3, S, S)
     with torch.inference_mode():
         probabilities = classifier.model.to(device)(batch).float().softmax(dim=1)
     top = probabilities.topk(min(args.topk, probabilities.shape[1]), dim=1)
@@ -60,11 +60,3 @@ def run(args: argparse.Namespace) -> int:
         for rank, (name, probability) in enumerate(zip(names, values), start=1):
             print(f"  {rank}. {name:30s} {100 * probability:6.2f}%")
     return 0
-
-
-def read_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as error:  # missing, unidentified, truncated
-        raise CommandError(f"cannot read image {path}: {error}") from error

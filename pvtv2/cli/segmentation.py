@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from ..segmentation.config import SegmentationConfig
 from .common import CommandError, add_config_arguments, run_training
 
 
@@ -25,8 +26,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    from ..segmentation.config import SegTrainConfig
-
     parser = subparsers.add_parser(
         "seg-train", help="train a Semantic FPN segmenter from a YAML config",
         description="Train (or continue) a Semantic FPN segmenter as a YAML config describes (configs/segmentation/). "
@@ -35,7 +34,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         usage="pvt seg-train --config YAML [--print-config] [--KEY VALUE ...]",
     )
     add_config_arguments(
-        parser, SegTrainConfig, "configs/segmentation/<name>.yaml",
+        parser, SegmentationConfig, "configs/segmentation/<name>.yaml",
         "--resume auto|PATH continues a run; --pretrained official|PATH starts the backbone from ImageNet weights "
         "(or from a detector or segmenter checkpoint's backbone)",
     )
@@ -82,21 +81,20 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..segmentation.config import SegTrainConfig
+    from ..segmentation.train import train  # the training stack is loaded for this command only
 
-    return run_training(args, SegTrainConfig, "pvtv2.segmentation.train")
+    return run_training(args, SegmentationConfig, train)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from ..engine import distributed
-    from ..engine.evaluate import shard
+    from ..engine.distributed import shard
     from ..segmentation.config import parse_scales
-    from ..segmentation.data import SegmentationDataset, read_class_names
+    from ..segmentation.data import SegmentationDataset, dataset_root, read_class_names
     from ..segmentation.evaluate import evaluate
     from ..segmentation.predict import load_segmenter
-    from ..segmentation.train import dataset_root
     from ..segmentation.transforms import EvalTransform
 
     env = distributed.setup(args.device)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine.config import TrainConfig
+from ..classification.config import ClassificationConfig
 from .common import add_config_arguments, run_training
 
 
@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         usage="pvt train --config YAML [--print-config] [--KEY VALUE ...]",
     )
     add_config_arguments(
-        parser, TrainConfig, "configs/<dataset>/<model>.yaml",
+        parser, ClassificationConfig, "configs/<dataset>/<model>.yaml",
         "--resume auto|PATH continues a run; --pretrained PATH|official fine-tunes from weights "
         "(a head with another number of classes is replaced)",
     )
@@ -33,4 +33,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_training(args, TrainConfig, "pvtv2.engine.train")
+    from ..classification.train import train  # the training stack (timm) is loaded for this command only
+
+    return run_training(args, ClassificationConfig, train)

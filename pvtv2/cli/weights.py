@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..models import hub
+from ..models import download
 from .common import CommandError, format_table, select_models
 
 
@@ -26,9 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("patterns", nargs="*", metavar="PATTERN", help="shell-style filters (default: all)")
     listing.set_defaults(handler=run_list)
 
-    download = actions.add_parser("download", help="fetch weights into the cache (a no-op when cached)")
-    download.add_argument("patterns", nargs="+", metavar="NAME", help="model names or shell-style patterns")
-    download.set_defaults(handler=run_download)
+    downloading = actions.add_parser("download", help="fetch weights into the cache (a no-op when cached)")
+    downloading.add_argument("patterns", nargs="+", metavar="NAME", help="model names or shell-style patterns")
+    downloading.set_defaults(handler=run_download)
 
     importing = actions.add_parser("import", help="check a weights file against a model and cache it")
     importing.add_argument("name", help="model name (see 'pvt weights list')")
@@ -39,32 +39,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     names = select_models(args.patterns)
-    sources = {name: hub.source_of(name) for name in names}
+    sources = {name: download.source_of(name) for name in names}
     # URLs read best left-aligned; format_table right-aligns all but the first column, so pad them.
     width = max(len(source) for source in sources.values())
     rows = []
     for name in names:
-        release = hub.release_file(name)
+        release = download.release_file(name)
         rows.append(dict(
             model=name, size=f"~{release.approx_size_bytes / 1e6:.0f} MB", top1=f"{release.top1:.1f}",
-            cached="yes" if hub.is_cached(name) else "no", source=sources[name].ljust(width),
+            cached="yes" if download.is_cached(name) else "no", source=sources[name].ljust(width),
         ))
     headers = dict(model="model", size="size (approx.)", top1="top-1 (paper)", cached="cached",
                    source="source".ljust(width))
     print(format_table(rows, headers))
-    print(f"cache: {hub.cache_dir()}")
+    print(f"cache: {download.cache_dir()}")
     return 0
 
 
 def run_download(args: argparse.Namespace) -> int:
     for name in select_models(args.patterns):
         try:
-            print(f"{name}: {hub.fetch(name)}")
-        except hub.WeightsUnavailableError as error:
+            print(f"{name}: {download.fetch(name)}")
+        except download.WeightsUnavailableError as error:
             raise CommandError(str(error)) from error
     return 0
 
 
 def run_import(args: argparse.Namespace) -> int:
-    print(f"{args.name}: {hub.import_weights(args.name, args.file)} (checked, from {args.file})")
+    print(f"{args.name}: {download.import_weights(args.name, args.file)} (checked, from {args.file})")
     return 0

@@ -12,7 +12,7 @@ from typing import Any
 
 _EXPORTS = {
     "DETECTORS": "model", "PyramidBackboneWithFPN": "model", "build_backbone": "model", "build_detector": "model",
-    "DetConfig": "config", "load_config": "config",
+    "DetectionConfig": "config",
     "CocoDetection": "data",
     "train": "train",
     "LoadedDetector": "predict", "load_detector": "predict", "predict_image": "predict",

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torchvision.models.detection import RetinaNet
 
-from .. import reference
+from ..engine.text_table import format_table
+from ..models import reference
 from ..models.complexity import count_flops, count_params
 from .model import DETECTORS, build_detector
 
@@ -78,8 +79,6 @@ def print_table(names: list[str], as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=1))
     else:
-        from ..text_table import format_table
-
         text_rows = [dict(
             backbone=r["backbone"], detector=r["detector"], params=f"{r['params_M']:.2f}", paper=r["params_M_paper"],
             diff="" if r["params_diff_pct"] is None else f"{round(r['params_diff_pct'], 1) + 0.0:+.1f}%",

@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from PIL import Image
 from torchvision.transforms import v2
 
-from ..data import DatasetError
+from ..data import DatasetError, open_rgb
+from ..data.shapes import write_coco_shapes
+
+if TYPE_CHECKING:
+    from .config import DetectionConfig
 
 logger = logging.getLogger("pvtv2")
 
@@ -166,11 +170,7 @@ class CocoDetection(Dataset):
 
 def read_image(path: str | Path) -> torch.Tensor:
     """The RGB pixels of an image file as uint8 (3, H, W); a clear error naming it if it cannot be read."""
-    try:
-        with Image.open(path) as image:
-            return v2.functional.pil_to_tensor(image.convert("RGB"))
-    except (OSError, ValueError) as error:  # missing, unidentified, truncated
-        raise DatasetError(f"cannot read image {path}: {error}") from error
+    return v2.functional.pil_to_tensor(open_rgb(path))
 
 
 def train_transform(min_size: tuple[int, int] = (800, 800), max_size: int = 1333, hflip: float = 0.5) -> v2.Compose:
@@ -201,10 +201,6 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torc
 def ensure_shapes(root: str | Path, num_train: int, num_val: int, size: int, seed: int = 0) -> Path:
     """The generated shapes data set at ``root``, written first if it is not there (the offline default);
     a folder holding another shapes data set (other counts or size) is an error, not silently used."""
-    import json
-
-    from ..data.shapes import write_coco_shapes
-
     root = Path(root)
     files = {split: split_paths(root, split).annotations for split in ("train", "val")}
     if not all(path.is_file() for path in files.values()):
@@ -219,3 +215,19 @@ def ensure_shapes(root: str | Path, num_train: int, num_val: int, size: int, see
                 f"config asks for {wanted} of {size} px; remove the folder to regenerate it, or set another root"
             )
     return root
+
+
+def build_datasets(cfg: DetectionConfig) -> tuple[CocoDetection, CocoDetection]:
+    """The training and held-out splits a config names (the shapes data set is written when missing)."""
+    data, with_masks = cfg.data, cfg.model.detector == "mask_rcnn"
+    if data.dataset == "shapes":
+        ensure_shapes(data.root, data.shapes_train, data.shapes_val, data.shapes_size, seed=cfg.run.seed)
+    train_paths, val_paths = split_paths(data.root, data.train_split), split_paths(data.root, data.val_split)
+    train_set = CocoDetection(train_paths.images, train_paths.annotations,
+                              train_transform(data.train_min_size, data.max_size, data.hflip),
+                              with_masks=with_masks, skip_empty=True)
+    val_set = CocoDetection(val_paths.images, val_paths.annotations, eval_transform(), with_masks=with_masks)
+    if train_set.category_ids != val_set.category_ids:
+        raise DatasetError(f"{train_paths.annotations} and {val_paths.annotations} have different categories "
+                           f"({train_set.category_ids} vs {val_set.category_ids}); they must be the same")
+    return train_set, val_set

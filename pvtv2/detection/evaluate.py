@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..engine import distributed
-from ..engine.recipe import autocast
+from ..engine.optim import autocast
 from .data import CocoDetection
 
 # pycocotools' summary order: COCOeval.stats[i] for the first six figures.

@@ -167,9 +167,7 @@ def _xavier_init(module: nn.Module) -> None:
 def build_from_config(model: DetModelConfig, data: DetDataConfig, num_classes: int, pretrained: bool = True) -> nn.Module:
     """The detector a training config describes; ``pretrained=False`` leaves out the backbone weights
     (when a detector checkpoint is loaded over it anyway)."""
-    weights: str | bool | None = None
-    if pretrained and model.pretrained is not None:
-        weights = True if model.pretrained == "official" else model.pretrained
+    weights = model.pretrained if pretrained else None  # "official", a checkpoint path, or None
     kwargs: dict[str, Any] = dict(detections_per_img=model.detections_per_img) if model.detector == "retinanet" else dict(
         box_detections_per_img=model.detections_per_img, box_batch_size_per_image=model.box_batch_size_per_image,
         rpn_pre_nms_top_n_train=model.rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test=model.rpn_pre_nms_top_n_test,

@@ -9,15 +9,16 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2.functional import to_pil_image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ..data import DatasetError
-from ..engine.checkpoint import read_training_checkpoint
 from ..engine.distributed import resolve_device
-from ..models.weights import CheckpointError
-from .config import DetConfig, config_from_dict
-from .data import CocoDetection, eval_transform, read_image, split_paths
+from ..engine.training_state import read_training_checkpoint
+from ..models.loading import CheckpointError
+from .config import DetectionConfig
+from .data import CocoDetection, collate, ensure_shapes, eval_transform, read_image, split_paths
 from .evaluate import MASK_THRESHOLD, evaluate
 from .model import build_from_config
 
@@ -32,16 +33,14 @@ class LoadedDetector:
     model: nn.Module
     class_names: list[str]
     category_ids: list[int]
-    config: DetConfig
+    config: DetectionConfig
     device: torch.device
 
 
 def load_detector(path: str | Path, device: str = "auto") -> LoadedDetector:
     """The detector of a det-train checkpoint, in evaluation mode on ``device``."""
-    state = read_training_checkpoint(path)
-    if state.get("task") != "detection":
-        raise CheckpointError(f"{path} is a {state.get('task', 'classification')} checkpoint, not a det-train one")
-    config = config_from_dict(state["config"], f"the config stored in {path}")
+    state = read_training_checkpoint(path, "detection")
+    config = DetectionConfig.from_dict(state["config"], f"the config stored in {path}")
     class_names = list(state["class_names"])
     model = build_from_config(config.model, config.data, len(class_names), pretrained=False)
     try:
@@ -87,10 +86,6 @@ def predict_image(detector: LoadedDetector, image_path: str | Path, out: str | P
 def evaluate_checkpoint(path: str | Path, *, root: str | None = None, split: str | None = None, batch_size: int = 2,
                         num_workers: int = 2, device: str = "auto", amp: str = "none") -> dict[str, float]:
     """COCO metrics of a det-train checkpoint on ``root/split`` (default: its config's held-out split)."""
-    from torch.utils.data import DataLoader
-
-    from .data import collate, ensure_shapes
-
     detector = load_detector(path, device)
     data = detector.config.data
     root = root if root is not None else data.root

@@ -1,24 +1,6 @@
-"""Training and evaluating classifiers: config, the training sequence, checkpoints, evaluation, inference.
+"""What every task's training shares: config files, run set-up (processes, device, seeds, banner), the
+optimizer step (AMP, grad scaler, clipping, accumulation), the training loop, lr schedules, training
+checkpoints (atomic save, exact resume), metrics and curves, the C allocator's setting, text tables.
 
-The names below are imported on first use, so that importing the package (as every ``pvt`` subcommand
-does through ``pvtv2.cli``) does not import timm and the training stack.
+It knows no task: classification, detection and segmentation stand on it (``pvtv2.<task>.train``).
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "ConfigError": "config", "TrainConfig": "config", "load_config": "config",
-    "EvalResult": "evaluate", "evaluate": "evaluate",
-    "LoadedClassifier": "inference", "load_classifier": "inference",
-    "train": "train",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

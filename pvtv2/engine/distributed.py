@@ -12,6 +12,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, Subset
 
 
 @dataclass(frozen=True)
@@ -81,3 +84,17 @@ def all_gather_objects(obj: Any) -> list[Any]:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def shard(dataset: Dataset, rank: int, world_size: int) -> Dataset:
+    """Every ``world_size``-th item from ``rank`` on: the shards cover the dataset once, without the padding
+    of DistributedSampler, so that sums of per-item figures over all processes are exact."""
+    return dataset if world_size == 1 else Subset(dataset, range(rank, len(dataset), world_size))
+
+
+def wrap_model(model: nn.Module, env: DistributedEnv) -> nn.Module:
+    """``model`` in DistributedDataParallel when there are several processes (it broadcasts rank 0's
+    weights to the others), else ``model`` itself."""
+    if env.world_size == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)

@@ -34,8 +34,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .layers import SpatialReductionAttention, unfused
-from .registry import create_model
+from .layers import SpatialReductionAttention
+from .registry import build_model
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -94,10 +94,10 @@ _MODULE_RULES: tuple[tuple[str, tuple[type[nn.Module], ...], Callable[..., int]]
 
 
 def create_for_counting(name: str, **kwargs: Any) -> nn.Module:
-    """Model ``name`` (``create_model`` arguments) on the meta device: shapes without weights, built in a
+    """Model ``name`` (``build_model`` arguments) on the meta device: shapes without weights, built in a
     blink, for :func:`count_params` and :func:`count_flops`."""
     with torch.device("meta"):
-        return create_model(name, **kwargs)
+        return build_model(name, **kwargs)
 
 
 def count_params(model: nn.Module) -> int:
@@ -136,8 +136,8 @@ def flop_breakdown(
     tensors = dict((*model.named_parameters(), *model.named_buffers()))
     like = next(iter(tensors.values()), torch.empty(0))  # the image takes the model's dtype (and device)
     counts: Counter[str] = Counter()
-    # Fused kernels bypass the modules that the hooks count, so the pass runs the plain modules.
-    with _counting_hooks(model, counts), _eval_mode(model), torch.no_grad(), unfused():
+    # Blocks with forward hooks run as their modules (never on fused kernels), so every module is counted.
+    with _counting_hooks(model, counts), _eval_mode(model), torch.no_grad():
         if device is None:
             model(torch.zeros(1, channels, height, width, device=like.device, dtype=like.dtype))
         else:

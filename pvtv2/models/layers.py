@@ -1,18 +1,19 @@
 """Building blocks of the PVT family, named as in the paper.
 
 Attribute names (``proj``, ``q``, ``kv``, ``sr``, ``norm``, ``dwconv.dwconv``, ``fc1``...) are those of
-the official release, so its checkpoints load without renaming.
+the official release, so its checkpoints load without renaming. These modules are what training,
+autograd, other devices and graph capture run; CPU inference runs the same blocks on oneDNN's fused
+kernels (:mod:`pvtv2.models.cpu_inference`).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
+
+from .export import ExportableAdaptiveAvgPool2d
 
 # The official release and timm use PyTorch's default eps in the patch-embedding and
 # spatial-reduction norms, and 1e-6 in the block and stage norms.
@@ -30,108 +31,6 @@ def tokens_to_image(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def image_to_tokens(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H*W, C); a view when ``x`` is channels-last."""
     return x.permute(0, 2, 3, 1).flatten(1, 2)
-
-
-# oneDNN applies an activation inside the convolution or matmul that feeds it, which saves a pass over
-# the FFN's widest tensor (on CPU, exact GELU alone costs more than the depth-wise conv before it).
-# PyTorch exposes these kernels only as the ops that Inductor emits, so eager CPU inference calls them
-# directly. Autograd, autocast, other devices and graph capture (compile, export, tracing) take the
-# plain modules: they either need gradients or do their own fusion.
-_ONEDNN_FUSION = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-_fusion_enabled = True
-
-
-@contextmanager
-def unfused() -> Iterator[None]:
-    """Call every layer as its module (no fused kernels), e.g. so that forward hooks see each of them."""
-    global _fusion_enabled
-    previous, _fusion_enabled = _fusion_enabled, False
-    try:
-        yield
-    finally:
-        _fusion_enabled = previous
-
-
-def capturing_graph() -> bool:
-    """True while torch.compile, torch.export (also ONNX export) or the JIT tracer records the model."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
-
-
-def _fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (
-        _ONEDNN_FUSION
-        and _fusion_enabled
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and not torch.is_autocast_enabled("cpu")
-        and not capturing_graph()
-    )
-
-
-def _fused_conv_gelu_tokens(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    return image_to_tokens(torch.ops.mkldnn._convolution_pointwise(
-        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "gelu", [], "none"
-    ))
-
-
-def conv_gelu_tokens(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``GELU(conv(x))`` for a channels-last image ``x``, as tokens (B, H*W, C); fused on CPU inference."""
-    if _fusable(x, conv.weight):
-        return _fused_conv_gelu_tokens(conv, x)
-    # GELU on the (B, N, C) view rather than on the 4-D channels-last tensor, which is the same memory:
-    # PyTorch's element-wise kernels run its forward and backward ~1.6x faster on the 3-D view here.
-    return F.gelu(image_to_tokens(conv(x)))
-
-
-def linear(
-    module: nn.Linear, x: torch.Tensor, activation: str = "none", residual: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``activation(module(x))`` for ``activation`` in {"none", "gelu", "relu"}, plus ``residual`` if given.
-
-    On CPU inference this is one oneDNN matmul with bias, activation or residual sum in its epilogue,
-    which also spares the pass that ``addmm`` makes to broadcast the bias into its output (together
-    ~10-20% of a linear layer here).
-    """
-    if _fusable(x, module.weight):
-        return _fused_linear(module, x, activation, residual)
-    x = module(x)
-    x = F.gelu(x) if activation == "gelu" else F.relu(x) if activation == "relu" else x
-    return x if residual is None else residual + x
-
-
-def _fused_linear(
-    module: nn.Linear, x: torch.Tensor, activation: str = "none", residual: torch.Tensor | None = None
-) -> torch.Tensor:
-    if residual is not None:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, module.weight, module.bias, "add")
-    algorithm = "none" if activation == "gelu" else ""  # "none" selects exact (erf) GELU, not tanh
-    return torch.ops.mkldnn._linear_pointwise(x, module.weight, module.bias, activation, [], algorithm)
-
-
-def _averaging_matrix(out_size: int, in_size: int | torch.SymInt, like: torch.Tensor) -> torch.Tensor:
-    """(out_size, in_size) matrix whose rows average adaptive pooling's windows: [i*n//o, ceil((i+1)*n/o))."""
-    rows = torch.arange(out_size, device=like.device)
-    start = rows * in_size // out_size
-    end = ((rows + 1) * in_size + out_size - 1) // out_size
-    cols = torch.arange(in_size, device=like.device)
-    inside = (cols[None, :] >= start[:, None]) & (cols[None, :] < end[:, None])
-    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
-
-
-def adaptive_avg_pool(pool: nn.AdaptiveAvgPool2d, x: torch.Tensor) -> torch.Tensor:
-    """``pool(x)``, written as two small matmuls while a graph is recorded for export.
-
-    Exporters turn adaptive pooling into a fixed window computed for the example input's size, so the
-    exported model silently pools wrongly at any other size; the matmul form holds for every size.
-    """
-    if not (torch.compiler.is_exporting() or torch.jit.is_tracing()):
-        return pool(x)
-    size = pool.output_size
-    out_h, out_w = (size, size) if isinstance(size, int) else size
-    rows = _averaging_matrix(out_h, x.shape[-2], x)
-    cols = _averaging_matrix(out_w, x.shape[-1], x)
-    return rows @ x @ cols.T  # (o, H) @ (B, C, H, W) @ (W, o) -> (B, C, o, o)
 
 
 class PatchEmbed(nn.Module):
@@ -188,7 +87,8 @@ class SpatialReductionAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.reduces = linear or sr_ratio > 1
         if linear:
-            self.pool = nn.AdaptiveAvgPool2d(pool_size)
+            # Size-agnostic while exporting: see ExportableAdaptiveAvgPool2d.
+            self.pool = ExportableAdaptiveAvgPool2d(pool_size)
             self.sr = nn.Conv2d(dim, dim, kernel_size=1)
             self.norm = nn.LayerNorm(dim, eps=PATCH_NORM_EPS)
             self.act = nn.GELU()
@@ -204,53 +104,42 @@ class SpatialReductionAttention(nn.Module):
             return (height // self.sr_ratio) * (width // self.sr_ratio)
         return num_tokens
 
-    def forward(
-        self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Attention output for tokens ``x`` (B, N, C), plus ``residual`` when given (evaluation only)."""
-        batch, num_tokens, dim = x.shape
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Attention output for tokens ``x`` (B, N, C) on a ``height`` x ``width`` grid."""
+        q = self.q(x)
+        kv = self.kv(self.reduce(x, height, width))
+        return self.proj_drop(self.proj(self.attend(q, kv)))
+
+    def reduce(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The tokens keys and values are computed from: ``x`` itself, or its spatial reduction (B, M, C)."""
+        if not self.reduces:
+            return x
+        x = tokens_to_image(x, height, width)
+        if self.linear:
+            x = self.pool(x)
+        x = self.norm(image_to_tokens(self.sr(x)))
+        return self.act(x) if self.linear else x
+
+    def attend(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v over heads, for queries ``q`` (B, N, C) and keys and values ``kv`` (B, M, 2C)."""
+        batch, num_tokens, dim = q.shape
         head_dim = dim // self.num_heads
-        q = linear(self.q, x).reshape(batch, num_tokens, self.num_heads, head_dim).transpose(1, 2)
-        if self.reduces:
-            kv_in = tokens_to_image(x, height, width)
-            if self.linear:
-                kv_in = adaptive_avg_pool(self.pool, kv_in)
-            kv_in = self.norm(image_to_tokens(self.sr(kv_in)))
-            if self.linear:
-                kv_in = self.act(kv_in)
-        else:
-            kv_in = x
+        q = q.reshape(batch, num_tokens, self.num_heads, head_dim).transpose(1, 2)
         # (B, M, 2C) -> 2 x (B, heads, M, head_dim)
-        k, v = linear(self.kv, kv_in).reshape(batch, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        k, v = kv.reshape(batch, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(batch, num_tokens, dim)
-        if residual is not None:
-            return linear(self.proj, x, residual=residual)
-        return self.proj_drop(linear(self.proj, x))
+        return x.transpose(1, 2).reshape(batch, num_tokens, dim)
 
 
 class DepthwiseConv(nn.Module):
-    """3x3 depth-wise conv and GELU on a token sequence laid out on a ``height`` x ``width`` grid."""
+    """3x3 depth-wise conv on a token sequence laid out on a ``height`` x ``width`` grid (tokens in and out)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return conv_gelu_tokens(self.dwconv, tokens_to_image(x, height, width))
-
-
-# Fused CPU inference runs the conv FFN a band of rows at a time. Its hidden tensor is mlp_ratio times
-# wider than the tokens (51 MB for B2's first stage at batch 8): made whole, it is a fresh block on every
-# call, which glibc maps from the OS and faults in page by page (~10 us per 4 KiB on a VM), and it makes
-# three trips through memory. In bands of a few MB it stays in cache and in reused heap blocks. Each band
-# recomputes fc1 on the conv's halo (one row above and below), hence the minimum band height; for inputs
-# up to 1333 px wide (detection) bands stay under 32 MB, the largest block glibc keeps for reuse.
-# Measured (benchmarks/RESULTS.md, 2 threads): faster and 2-3x less peak memory with glibc's default
-# allocator; with one that keeps freed memory (jemalloc, `pvt bench --allocator keep`) within a few % of
-# the whole tensor. 4 MiB was the best of 2-16 MiB here with either allocator.
-FFN_BAND_BYTES = 4 * 1024 * 1024
-MIN_BAND_ROWS = 32  # at most 1/16 of fc1 recomputed
+        return image_to_tokens(self.dwconv(tokens_to_image(x, height, width)))
 
 
 class ConvFFN(nn.Module):
@@ -263,54 +152,21 @@ class ConvFFN(nn.Module):
         super().__init__()
         self.linear = linear
         self.fc1 = nn.Linear(dim, hidden_dim)
+        if linear:
+            self.relu = nn.ReLU()
         self.dwconv = DepthwiseConv(hidden_dim)
+        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(
-        self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        if residual is not None and _fusable(x, self.fc1.weight):
-            images, rows = self.band_shape(x.shape[0], height, width)
-            if images < x.shape[0] or rows < height:
-                return self._forward_in_bands(x, height, width, residual, images, rows)
-        x = linear(self.fc1, x, "relu" if self.linear else "none")
-        x = self.dwconv(x, height, width)
-        if residual is not None:
-            return linear(self.fc2, x, residual=residual)
-        return self.drop(linear(self.fc2, self.drop(x)))
-
-    def band_shape(self, batch: int, height: int, width: int) -> tuple[int, int]:
-        """(images, rows) of each band whose hidden tensor, halo included, is about ``FFN_BAND_BYTES``."""
-        halo = self.dwconv.dwconv.padding[0]
-        row_bytes = width * self.fc1.out_features * self.fc1.weight.element_size()
-        rows = min(height, max(MIN_BAND_ROWS, FFN_BAND_BYTES // row_bytes - 2 * halo))
-        images = min(batch, max(1, FFN_BAND_BYTES // (row_bytes * (rows + 2 * halo))))
-        return images, rows
-
-    def _forward_in_bands(
-        self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor, images: int, rows: int
-    ) -> torch.Tensor:
-        """Fused CPU inference (the caller checked ``_fusable``) in bands of ``images`` x ``rows``."""
-        activation = "relu" if self.linear else "none"
-        batch, _, dim = x.shape
-        conv = self.dwconv.dwconv
-        halo = conv.padding[0]
-        x, residual = x.view(batch, height, width, dim), residual.view(batch, height, width, dim)
-        out = torch.empty_like(residual)
-        for first in range(0, batch, images):
-            last = first + images
-            for top in range(0, height, rows):
-                bottom = min(height, top + rows)
-                # fc1 on the band and its halo rows; the conv's zero padding of the halo's outer rows
-                # only reaches output rows outside the band, which are dropped.
-                low, high = max(0, top - halo), min(height, bottom + halo)
-                hidden = _fused_linear(self.fc1, x[first:last, low:high], activation).permute(0, 3, 1, 2)
-                hidden = _fused_conv_gelu_tokens(conv, hidden).unflatten(1, (high - low, width))
-                out[first:last, top:bottom] = _fused_linear(
-                    self.fc2, hidden[:, top - low:bottom - low], residual=residual[first:last, top:bottom]
-                )
-        return out.flatten(1, 2)
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        x = self.fc1(x)
+        if self.linear:
+            x = self.relu(x)
+        # GELU on the (B, N, C) view rather than on the 4-D channels-last tensor, which is the same memory:
+        # PyTorch's element-wise kernels run its forward and backward ~1.6x faster on the 3-D view here.
+        x = self.act(self.dwconv(x, height, width))
+        return self.drop(self.fc2(self.drop(x)))
 
 
 class Mlp(nn.Module):
@@ -319,31 +175,14 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(
-        self, x: torch.Tensor, height: int, width: int, residual: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        if residual is not None and _fusable(x, self.fc1.weight):
-            chunk = max(1, FFN_BAND_BYTES // (self.fc1.out_features * self.fc1.weight.element_size()))
-            if chunk < x.shape[0] * x.shape[1]:
-                return self._forward_in_chunks(x, residual, chunk)
-        x = linear(self.fc1, x, "gelu")
-        if residual is not None:
-            return linear(self.fc2, x, residual=residual)
-        return self.drop(linear(self.fc2, self.drop(x)))
-
-    def _forward_in_chunks(self, x: torch.Tensor, residual: torch.Tensor, chunk: int) -> torch.Tensor:
-        """Fused CPU inference (the caller checked ``_fusable``) ``chunk`` tokens at a time, for the reasons
-        of ``FFN_BAND_BYTES`` (no halo: each token is on its own here)."""
-        tokens, residual_tokens = x.flatten(0, 1), residual.flatten(0, 1)
-        out = torch.empty_like(residual_tokens)
-        for start in range(0, tokens.shape[0], chunk):
-            end = start + chunk
-            hidden = _fused_linear(self.fc1, tokens[start:end], "gelu")
-            out[start:end] = _fused_linear(self.fc2, hidden, residual=residual_tokens[start:end])
-        return out.view_as(residual)
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """FFN of tokens ``x`` (B, N, C); ``height`` and ``width`` are unused (the signature of :class:`ConvFFN`)."""
+        x = self.act(self.fc1(x))
+        return self.drop(self.fc2(self.drop(x)))
 
 
 class Block(nn.Module):
@@ -374,12 +213,8 @@ class Block(nn.Module):
         self.drop_path = StochasticDepth(drop_path, mode="row") if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        if self.training:
-            x = x + self.drop_path(self.attn(self.norm1(x), height, width))
-            return x + self.drop_path(self.mlp(self.norm2(x), height, width))
-        # Dropout and stochastic depth are off, so each branch adds the residual in its last linear layer.
-        x = self.attn(self.norm1(x), height, width, residual=x)
-        return self.mlp(self.norm2(x), height, width, residual=x)
+        x = x + self.drop_path(self.attn(self.norm1(x), height, width))
+        return x + self.drop_path(self.mlp(self.norm2(x), height, width))
 
 
 def init_weights(module: nn.Module) -> None:

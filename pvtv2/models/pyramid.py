@@ -8,6 +8,7 @@ input (:meth:`embed`), how a stage's output is normalised (:meth:`stage_norm`), 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import cpu_inference
 from .layers import Block, PatchEmbed, init_weights, tokens_to_image
 
 NUM_STAGES = 4
@@ -48,6 +50,12 @@ def _min_input_size(patch_embeds: Sequence[PatchEmbed], sr_ratios: Sequence[int]
     return side
 
 
+def _check_num_classes(num_classes: int) -> None:
+    # bool is an int in Python, but True classes is a mistake, not a head of one class.
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0 (0: no classification head), got {num_classes!r}")
+
+
 class PyramidVisionTransformerBase(nn.Module):
     """Four-stage pyramid transformer; see :class:`PyramidVisionTransformerV2` and
     :class:`PyramidVisionTransformer` for the two families."""
@@ -75,6 +83,7 @@ class PyramidVisionTransformerBase(nn.Module):
         out_indices: Sequence[int] = (0, 1, 2, 3),
     ) -> None:
         super().__init__()
+        _check_num_classes(num_classes)
         for name, values in dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads,
                                  mlp_ratios=mlp_ratios, sr_ratios=sr_ratios, patch_embeds=patch_embeds).items():
             if len(values) != NUM_STAGES:
@@ -154,7 +163,10 @@ class PyramidVisionTransformerBase(nn.Module):
                 x = tokens_to_image(x, height, width)
             x, height, width = self.embed(i, x)
             for block in self.blocks(i):
-                if self.grad_checkpointing and torch.is_grad_enabled():
+                # The one place that chooses between oneDNN's fused kernels and the modules.
+                if cpu_inference.can_fuse(block, x):
+                    x = cpu_inference.block_forward(block, x, height, width)
+                elif self.grad_checkpointing and torch.is_grad_enabled():
                     x = checkpoint(block, x, height, width, use_reentrant=False)
                 else:
                     x = block(x, height, width)
@@ -193,6 +205,7 @@ class PyramidVisionTransformerBase(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         if self.features_only:
             raise RuntimeError("a features_only model has no classifier")
+        _check_num_classes(num_classes)
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:

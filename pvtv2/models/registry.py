@@ -1,10 +1,9 @@
-"""Model names -> builders, and ``create_model``, the one way to build a model of the zoo."""
+"""Model names -> builders: what the zoo holds and how each variant is built (without weights)."""
 
 from __future__ import annotations
 
 import fnmatch
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -31,38 +30,13 @@ def model_settings(name: str) -> dict[str, Any]:
     return dict(_lookup(name)[1])
 
 
-def create_model(
-    name: str,
-    *,
-    num_classes: int = 1000,
-    pretrained: bool | str | os.PathLike | Mapping | None = None,
-    drop_path_rate: float = 0.0,
-    features_only: bool = False,
-    out_indices: Sequence[int] = (0, 1, 2, 3),
-    in_chans: int = 3,
-    **kwargs: Any,
-) -> nn.Module:
-    """Build model ``name``. ``pretrained=True`` loads the official ImageNet-1K release (downloaded once
-    into the cache, see :mod:`pvtv2.models.hub`); a path or state dict loads that checkpoint (official,
-    timm or HF layout).
-
-    ``features_only=True`` returns a model whose forward gives the feature maps of ``out_indices``
-    (strides 4, 8, 16, 32) instead of logits.
-    """
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Model ``name`` with freshly initialised weights; ``kwargs`` go to its class (``num_classes``,
+    ``drop_path_rate``, ``features_only``, ``out_indices``, ``in_chans``...). :func:`~pvtv2.models.create_model`
+    also loads weights."""
     model_class, settings = _lookup(name)
-    model = model_class(
-        **settings, num_classes=num_classes, drop_path_rate=drop_path_rate, features_only=features_only,
-        out_indices=out_indices, in_chans=in_chans, **kwargs,
-    )
+    model = model_class(**settings, **kwargs)
     model.model_name = name
-    if pretrained is True:
-        from .hub import fetch  # the official release file of `name`, downloaded once into the cache
-
-        pretrained = fetch(name)
-    if pretrained is not None and pretrained is not False:
-        from .weights import load_pretrained
-
-        load_pretrained(model, pretrained)
     return model
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from .. import reference
+from ..engine.text_table import format_table
+from ..models import reference
 from ..models.complexity import count_flops, count_params
 from .model import build_segmenter
 
@@ -52,8 +53,6 @@ def complexity_rows(names: list[str]) -> list[dict[str, Any]]:
 
 def print_table(names: list[str], as_json: bool) -> int:
     """Print the rows of ``names`` (models without published figures are left out); 0 if all are in tolerance."""
-    from ..text_table import format_table
-
     rows = complexity_rows(names)
     if as_json:
         print(json.dumps(rows, indent=1))

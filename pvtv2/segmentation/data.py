@@ -20,20 +20,25 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 
-from ..data.folder import DatasetError
+from ..data import DatasetError, open_rgb
+from ..data.shapes import write_segmentation_shapes
+
+if TYPE_CHECKING:
+    from .config import SegmentationConfig
 
 logger = logging.getLogger("pvtv2")
+DEFAULT_SHAPES_ROOT = "data/shapes-seg"
 
 IGNORE_INDEX = 255  # labels the loss and the metrics skip (ADE20K's 0 after the shift)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -147,16 +152,12 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """Sample ``index`` before the transform, checked: uint8 image (3, H, W), labels (H, W)."""
         image_path, mask_path = self.samples[index]
-        try:
-            with Image.open(image_path) as file:
-                pixels = np.asarray(file.convert("RGB"))
-        except (OSError, ValueError) as error:
-            raise DatasetError(f"cannot read image {image_path}: {error}") from error
+        pixels = np.asarray(open_rgb(image_path))
         try:
             with Image.open(mask_path) as file:
                 mode = file.mode
                 stored = np.asarray(file).astype(np.int64)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise DatasetError(f"cannot read mask {mask_path}: {error}") from error
         if mode not in ("L", "P", "I", "I;16", "1"):
             raise DatasetError(f"mask {mask_path} has {mode} pixels; a mask holds one class index per pixel "
@@ -199,7 +200,33 @@ def ensure_shapes(
     root = Path(root)
     if (root / CLASSES_FILE).is_file():
         return root
-    from ..data.shapes import write_segmentation_shapes
-
     logger.warning("writing %d + %d generated shapes scenes (%dx%d) to %s", num_train, num_val, size, size, root)
     return write_segmentation_shapes(root, num_train, num_val, size, seed, max_objects, size_range)
+
+
+def dataset_root(cfg: SegmentationConfig) -> Path:
+    """The data folder of ``cfg``; the generated shapes are written there first when they are missing."""
+    data = cfg.data
+    if data.dataset == "shapes":
+        return ensure_shapes(data.root or DEFAULT_SHAPES_ROOT, data.shapes_train, data.shapes_val, data.shapes_size,
+                             data.shapes_seed, data.shapes_max_objects, data.shapes_size_range)
+    return Path(data.root)  # type: ignore[arg-type]  # the config's check() requires it
+
+
+class IterationSampler(Sampler[int]):
+    """This process's share of an endless stream of epochs, each shuffled from (seed, epoch), starting after
+    ``start`` indices: the stream a run interrupted after ``start`` samples would have gone on with."""
+
+    def __init__(self, size: int, rank: int, world_size: int, seed: int, start: int = 0) -> None:
+        if size < world_size:
+            raise DatasetError(f"{size} training images cannot be shared among {world_size} processes")
+        self.size, self.rank, self.world_size, self.seed, self.start = size, rank, world_size, seed, start
+        self.per_process = size // world_size  # every process gets as many, so steps stay in lockstep
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, position = divmod(self.start, self.per_process)
+        while True:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.size, generator=generator)[: self.per_process * self.world_size]
+            yield from order[self.rank::self.world_size][position:].tolist()
+            epoch, position = epoch + 1, 0

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..engine import distributed
-from ..engine.recipe import autocast
+from ..engine.optim import autocast
+from ..engine.text_table import format_table
 from .data import IGNORE_INDEX
 
 Mode = Literal["whole", "slide"]
@@ -83,8 +84,6 @@ class SegmentationMetrics:
 
     def table(self) -> str:
         """Per class IoU and accuracy (percent), one class a line."""
-        from ..text_table import format_table
-
         rows = [dict(name=n, iou="nan" if math.isnan(i) else f"{100 * i:.2f}", acc="nan" if math.isnan(a) else f"{100 * a:.2f}")
                 for n, i, a in zip(self.class_names, self.iou.tolist(), self.accuracy.tolist())]
         return format_table(rows, dict(name="class", iou="IoU", acc="Acc"))

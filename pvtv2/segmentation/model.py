@@ -146,7 +146,7 @@ def build_segmenter(
     **kwargs: Any,
 ) -> SemanticFPN:
     """Segmenter ``name`` on PVT ``backbone`` with ``num_classes`` outputs; ``pretrained`` loads the
-    backbone's weights (``True``: the official ImageNet-1K release; or a checkpoint path or state dict)."""
+    backbone's weights (``"official"``: the ImageNet-1K release; or a checkpoint path or state dict)."""
     if name not in SEGMENTERS:
         raise ValueError(f"unknown segmenter {name!r}; known segmenters: {', '.join(SEGMENTERS)}")
     if num_classes < 1:

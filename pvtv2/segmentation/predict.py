@@ -18,13 +18,14 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torchvision import tv_tensors
 
-from ..models.checkpoints import identify_model
-from ..models.weights import CheckpointError, open_checkpoint
-from .config import SegTrainConfig, config_from_dict, parse_scales
+from ..data import open_rgb
+from ..engine.training_state import is_training_checkpoint, read_training_checkpoint
+from ..models.conversion import identify_model
+from ..models.loading import CheckpointError, open_checkpoint, read_file
+from .config import SegmentationConfig, parse_scales
 from .data import ADE20K_CLASSES
 from .evaluate import predict_probabilities
 from .model import build_segmenter
-from .train import read_segmentation_checkpoint
 from .transforms import EvalTransform
 
 
@@ -33,20 +34,17 @@ class LoadedSegmenter:
     model: nn.Module
     backbone: str
     class_names: list[str]
-    config: SegTrainConfig  # the training config (or the defaults, for weights that are not ours)
+    config: SegmentationConfig  # the training config (or the defaults, for weights that are not ours)
     description: str
 
 
 def load_segmenter(path: str | Path) -> LoadedSegmenter:
     """The segmenter in ``path`` (a pvt seg-train checkpoint or an MMSegmentation one), in eval mode on the CPU."""
     path = Path(path)
-    try:
-        state = read_segmentation_checkpoint(path)
-    except CheckpointError as error:
-        if not path.is_file() or "not a training checkpoint" not in str(error):
-            raise
+    if not is_training_checkpoint(path):
         return _from_mmseg(path)
-    config = config_from_dict(state["config"], f"the config in {path}")
+    state = read_training_checkpoint(path, "segmentation")
+    config = SegmentationConfig.from_dict(state["config"], f"the config in {path}")
     class_names = list(state["class_names"])
     model = build_segmenter(state["segmenter"], backbone=state["model_name"], num_classes=len(class_names),
                             norm=config.model.norm, dropout=config.model.dropout,
@@ -70,7 +68,7 @@ _MMSEG_RENAMES = (
 
 
 def _from_mmseg(path: Path) -> LoadedSegmenter:
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = read_file(path)  # a clear error for a missing, damaged or unsafe file
     tensors = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(tensors, dict) or "decode_head.conv_seg.weight" not in tensors:
         raise CheckpointError(f"{path} is neither a pvt seg-train checkpoint nor an MMSegmentation Semantic FPN "
@@ -94,17 +92,13 @@ def _from_mmseg(path: Path) -> LoadedSegmenter:
         raise CheckpointError(f"MMSegmentation checkpoint {path} does not fit Semantic FPN {backbone}: missing "
                               f"{missing[:10]}, unexpected {unexpected[:10]}")
     names = list(ADE20K_CLASSES) if num_classes == len(ADE20K_CLASSES) else [f"class_{i}" for i in range(num_classes)]
-    return LoadedSegmenter(model.eval(), backbone, names, SegTrainConfig(),
+    return LoadedSegmenter(model.eval(), backbone, names, SegmentationConfig(),
                            f"Semantic FPN {backbone} (MMSegmentation checkpoint {path})")
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """RGB pixels (H, W, 3) uint8 of an image file; a clear error naming the file."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB")).copy()
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
+    return np.asarray(open_rgb(path)).copy()
 
 
 @torch.no_grad()

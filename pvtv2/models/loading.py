@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .convert import FORMATS, Format, detect_format, to_official
-from .registry import create_model
+from .keys import FORMATS, Format, detect_format, to_official
+from .registry import build_model
 
 logger = logging.getLogger("pvtv2")
 
@@ -69,8 +69,12 @@ def read_checkpoint(source: str | os.PathLike | Mapping) -> dict[str, torch.Tens
 def open_checkpoint(source: str | os.PathLike | Mapping) -> CheckpointContents:
     """Like :func:`read_checkpoint`, also telling whether the tensors are the backbone of a detector or
     segmenter checkpoint (and which keys were left out)."""
-    if isinstance(source, Mapping):
-        return _unwrap(source)
+    return _unwrap(source if isinstance(source, Mapping) else read_file(source))
+
+
+def read_file(source: str | os.PathLike) -> Mapping:
+    """What a checkpoint file (or HF model folder) holds, as stored: a mapping, wrappers and all. Pickles
+    are opened with ``weights_only=True``; a missing, damaged or foreign file is a :class:`CheckpointError`."""
     path = Path(source)
     if path.is_dir():
         found = [path / name for name in _HF_WEIGHT_FILES if (path / name).is_file()]
@@ -90,7 +94,7 @@ def open_checkpoint(source: str | os.PathLike | Mapping) -> CheckpointContents:
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict")
-    return _unwrap(loaded)
+    return loaded
 
 
 def unwrap(checkpoint: Mapping) -> dict[str, torch.Tensor]:
@@ -222,7 +226,7 @@ def model_shapes(name: str, num_classes: int = 1000) -> dict[str, torch.Tensor]:
 @functools.cache
 def _backbone_shapes(name: str) -> tuple[Mapping[str, torch.Tensor], int]:
     with torch.device("meta"):  # no memory, no initialisation: only shapes
-        model = create_model(name, num_classes=0)
+        model = build_model(name, num_classes=0)
     return model.state_dict(), model.num_features
 
 

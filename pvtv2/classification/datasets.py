@@ -1,4 +1,5 @@
-"""ImageFolder datasets (``root/train/<class>/*.jpg``, ``root/val/<class>/*.jpg``) with clear errors.
+"""Classification datasets: ImageFolder roots (``root/train/<class>/*.jpg``, ``root/val/<class>/*.jpg``)
+and the built-in ``digits``, with clear errors.
 
 torchvision's ImageFolder does the scanning; this adds what a long run needs: a missing or empty folder
 is named before training starts, and an image that cannot be decoded is reported with its path, then
@@ -12,16 +13,37 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from torch.utils.data import Dataset
 from torchvision import datasets
+
+from ..data import DatasetError, open_rgb
+from .digits import Digits
 
 logger = logging.getLogger("pvtv2")
 
 BadImages = Literal["error", "skip"]
+DATASETS = ("folder", "digits")
 LAYOUT = "an ImageFolder root holds train/ and val/, each with one sub-folder of images per class"
 
 
-class DatasetError(ValueError):
-    """A dataset that is missing, empty, inconsistent or has an unreadable image (named in the message)."""
+def build_dataset(
+    dataset: str,
+    split: str,
+    transform: Callable | None,
+    *,
+    root: str | Path | None = None,
+    img_size: int = 224,
+    bad_images: BadImages = "error",
+) -> Dataset:
+    """Split ``split`` (``train`` or ``val``) of ``dataset``; it has ``.classes``, the class names in label order.
+
+    ``folder``: ``root/split`` of an ImageFolder root. ``digits``: the built-in digits, upscaled to ``img_size``.
+    """
+    if dataset == "digits":
+        return Digits(split, img_size, transform)  # type: ignore[arg-type]
+    if dataset == "folder":
+        return ImageFolder(split_folder(root, split), transform, bad_images)
+    raise DatasetError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
 
 
 class ImageFolder(datasets.ImageFolder):
@@ -35,7 +57,7 @@ class ImageFolder(datasets.ImageFolder):
         if not any(p.is_dir() for p in folder.iterdir()):
             raise DatasetError(f"dataset folder {folder} has no class sub-folders; {LAYOUT}")
         try:
-            super().__init__(str(folder), transform=transform)
+            super().__init__(str(folder), transform=transform, loader=open_rgb)
         except FileNotFoundError as error:  # torchvision: a class folder without a single image file
             raise DatasetError(f"dataset folder {folder}: {error}") from error
         self.bad_images = bad_images
@@ -48,15 +70,14 @@ class ImageFolder(datasets.ImageFolder):
             path, target = self.samples[(index + offset) % len(self.samples)]
             try:
                 image = self.loader(path)
-            except (OSError, ValueError) as error:  # PIL: unidentified, truncated or damaged file
+            except DatasetError as error:  # unidentified, truncated, damaged or oversized file
                 if self.bad_images == "error":
                     raise DatasetError(
-                        f"cannot read image {path}: {error} (fix or remove the file, or skip such images "
-                        f"with data.bad_images: skip)"
+                        f"{error} (fix or remove the file, or skip such images with data.bad_images: skip)"
                     ) from error
                 if path not in self._reported:
                     self._reported.add(path)
-                    logger.warning("skipping unreadable image %s: %s", path, error)
+                    logger.warning("skipping an unreadable image: %s", error)
                 continue
             return (self.transform(image) if self.transform is not None else image), target
         raise DatasetError(f"no image of {self.root} can be read")

@@ -11,14 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from ..engine.training_state import is_training_checkpoint, read_training_checkpoint
 from ..models import create_model
-from ..models.checkpoints import head_classes, identify_model
-from ..models.convert import detect_format
-from ..models.weights import CheckpointError, load_pretrained, open_checkpoint
-from .checkpoint import FORMAT_KEY, read_training_checkpoint
+from ..models.conversion import head_classes, identify_model
+from ..models.keys import detect_format
+from ..models.loading import CheckpointError, load_pretrained, open_checkpoint
 
 IMAGENET_CLASSES = 1000
 
@@ -40,7 +39,7 @@ class LoadedClassifier:
 def load_classifier(path: str | Path, model_name: str | None = None, use_ema: bool = False) -> LoadedClassifier:
     """The classifier in ``path``, in eval mode on the CPU."""
     path = Path(path)
-    if _is_training_checkpoint(path):
+    if is_training_checkpoint(path):
         return _from_training_checkpoint(path, model_name, use_ema)
     if use_ema:
         raise CheckpointError(f"{path} is not a training checkpoint of pvt train, so it has no EMA weights")
@@ -59,18 +58,8 @@ def load_classifier(path: str | Path, model_name: str | None = None, use_ema: bo
                             f"{name} ({fmt} weights from {path})")
 
 
-def _is_training_checkpoint(path: Path) -> bool:
-    if not path.is_file() or path.suffix == ".safetensors":
-        return False
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not ours, or not readable: open_checkpoint gives the error with its message
-        return False
-    return isinstance(state, dict) and FORMAT_KEY in state
-
-
 def _from_training_checkpoint(path: Path, model_name: str | None, use_ema: bool) -> LoadedClassifier:
-    state = read_training_checkpoint(path)
+    state = read_training_checkpoint(path, "classification")
     name = state["model_name"]
     if model_name is not None and model_name != name:
         raise CheckpointError(f"checkpoint {path} holds a {name}, not a {model_name}")

@@ -1,6 +1,6 @@
 """The official release of pretrained weights: which files exist, where they are cached, fetching them.
 
-``create_model(name, pretrained=True)`` calls :func:`fetch`. A file enters the cache only complete and
+``create_model(name, pretrained="official")`` calls :func:`fetch`. A file enters the cache only complete and
 checked: it is downloaded to a temporary file beside its place in the cache, checked (sha256 where the
 table has one, else a strict key-and-shape match against the model), and then renamed into place, so an
 interrupted or damaged download never leaves a file that a later run would trust. A cached file is used
@@ -31,8 +31,8 @@ from typing import BinaryIO
 
 import torch
 
-from .. import reference
-from .weights import CheckpointError, fit_state_dict, model_shapes, open_checkpoint
+from . import reference
+from .loading import CheckpointError, fit_state_dict, model_shapes, open_checkpoint
 
 logger = logging.getLogger("pvtv2")
 
@@ -48,7 +48,7 @@ class ReleaseFile:
     """One file of the official release: an ImageNet-1K classifier in the official layout."""
 
     model: str
-    top1: float  # published ImageNet-1K top-1 (%) at 224x224, from pvtv2/reference.json
+    top1: float  # published ImageNet-1K top-1 (%) at 224x224, from pvtv2/models/reference.json
     # The release publishes no hashes and we cannot compute them offline; without one, a downloaded
     # file must instead pass a strict key-and-shape match against the model before it is cached.
     sha256: str | None = None

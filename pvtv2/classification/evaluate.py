@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader
 
-from . import distributed
-from .recipe import autocast
+from ..engine import distributed
+from ..engine.optim import autocast
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,6 @@ class EvalResult:
 
     def summary(self) -> str:
         return f"top-1 {self.top1:.2f}%  top-5 {self.top5:.2f}%  loss {self.loss:.4f}  ({self.images} images)"
-
-
-def shard(dataset: Dataset, rank: int, world_size: int) -> Dataset:
-    """Every ``world_size``-th image from ``rank`` on: the shards cover the dataset once, without the
-    padding of DistributedSampler, so the summed counts are exact."""
-    return dataset if world_size == 1 else Subset(dataset, range(rank, len(dataset), world_size))
 
 
 @torch.inference_mode()

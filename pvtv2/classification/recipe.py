@@ -1,19 +1,16 @@
-"""The paper's training recipe, assembled from timm and torch pieces rather than rewritten.
+"""The paper's ImageNet training recipe, assembled from timm and torch pieces rather than rewritten.
 
-Each function turns a part of the config into the object that implements it: AdamW with timm's
-weight-decay groups, timm's cosine schedule with warm-up, timm's Mixup with its soft-target loss, the
-repeated-augmentation sampler and the mixed-precision settings.
+Each function turns a part of the config into the object that implements it: the lr scaled with the
+total batch, timm's cosine schedule with warm-up, timm's Mixup with its soft-target loss and the
+repeated-augmentation sampler. (AdamW with timm's weight-decay groups is :func:`pvtv2.engine.optim.adamw`.)
 """
 
 from __future__ import annotations
-
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from timm.data import Mixup
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, Sampler
@@ -27,13 +24,6 @@ REPEATS = 3  # repeated augmentation: every image three times per epoch, on diff
 def scaled_lr(base_lr: float, total_batch: int) -> float:
     """Linear scaling: 5e-4 at 512 images per step gives 1e-3 at 8 GPUs x 128."""
     return base_lr * total_batch / LR_REFERENCE_BATCH
-
-
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on 1-D parameters (norms, biases) nor on what the model lists in
-    ``no_weight_decay()`` (PVTv1's position embeddings and class token)."""
-    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=model.no_weight_decay())
-    return torch.optim.AdamW(groups, lr=lr)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, steps_per_epoch: int) -> CosineLRScheduler:
@@ -78,17 +68,3 @@ def build_train_sampler(dataset: Dataset, repeated_aug: bool, rank: int, world_s
     if repeated_aug:
         return RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, num_repeats=REPEATS)
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
-
-
-def autocast(device: torch.device, amp: str) -> AbstractContextManager:
-    """Mixed precision on GPU (bf16 or fp16); float32 on CPU, where autocast would only slow training."""
-    if device.type != "cuda" or amp == "none":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def precision(device: torch.device, amp: str) -> str:
-    """What :func:`autocast` does, in words."""
-    if device.type != "cuda" or amp == "none":
-        return "float32"
-    return "bf16 autocast" if amp == "bf16" else "fp16 autocast + grad scaler"

@@ -19,11 +19,11 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import save_file
 
-from .convert import Format, detect_format, from_official
+from .keys import Format, detect_format, from_official
 from .layers import BLOCK_NORM_EPS
+from .loading import CheckpointError, fit_state_dict, model_shapes, open_checkpoint
 from .pvt_v2 import PyramidVisionTransformerV2
-from .registry import create_model, list_models
-from .weights import CheckpointError, fit_state_dict, model_shapes, open_checkpoint
+from .registry import build_model, list_models
 
 Target = Literal["official", "timm", "hf", "safetensors"]
 TARGETS: tuple[Target, ...] = ("official", "timm", "hf", "safetensors")
@@ -107,7 +107,7 @@ def save_checkpoint(official: Mapping[str, torch.Tensor], destination: str | os.
 def hf_config(model: str, num_classes: int) -> dict[str, Any]:
     """The ``config.json`` of HF transformers' PvtV2 / Pvt models for our ``model``, read off the built model."""
     with torch.device("meta"):
-        built = create_model(model, num_classes=num_classes)
+        built = build_model(model, num_classes=num_classes)
     blocks = [built.blocks(i)[0] for i in range(len(built.depths))]
     embeds = [getattr(built, f"patch_embed{i + 1}").proj for i in range(len(built.depths))]
     config: dict[str, Any] = dict(

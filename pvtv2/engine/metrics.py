@@ -1,0 +1,62 @@
+"""What a run leaves beside its checkpoints: ``metrics.jsonl`` (one JSON object per record) and ``curves.png``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+
+# A panel of curves.png: its title and y-axis label, and the (record key, legend label, scale) of each curve.
+Panel = tuple[str, str, Sequence[tuple[str, str, float]]]
+
+
+class MetricsLog:
+    """The run's records (an epoch's or an interval's figures), one JSON line each, appended as they come."""
+
+    def __init__(self, output_dir: str | Path, resumed_at: int = 0, key: str = "epoch") -> None:
+        """A new run (``resumed_at=0``) starts an empty file; a resumed one keeps the records up to its
+        checkpoint's progress and drops later ones, which the resumed run makes again. ``key`` names the
+        record field that counts progress (``"iteration"`` for iteration-based training)."""
+        self.path = Path(output_dir) / METRICS
+        kept = [r for r in read_metrics(self.path) if r[key] <= resumed_at] if resumed_at else []
+        self.records: list[dict[str, Any]] = kept
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        self.records.append(dict(record))
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, x: str, panels: Sequence[Panel]) -> None:
+    """One panel per entry of ``panels``, side by side, each curve over the records that have its key."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works without a display, in any process
+    import matplotlib.pyplot as plt
+
+    figure, axes_row = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for axes, (title, ylabel, curves) in zip(axes_row[0], panels):
+        for key, label, scale in curves:
+            shown = [r for r in records if r.get(key) is not None]
+            if shown:
+                axes.plot([r[x] for r in shown], [scale * r[key] for r in shown], marker=".", label=label)
+        axes.set(xlabel=x, ylabel=ylabel, title=title)
+        axes.grid(alpha=0.3)
+        if len(curves) > 1:
+            axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,183 @@
+"""Eager CPU inference on oneDNN's fused kernels: one encoder block at a time, same results as its modules.
+
+oneDNN applies an activation inside the convolution or matmul that feeds it, which saves a pass over
+the FFN's widest tensor (on CPU, exact GELU alone costs more than the depth-wise conv before it).
+PyTorch exposes these kernels only as the ops that Inductor emits, so eager CPU inference calls them
+directly. Autograd, autocast, other devices and graph capture (compile, export, tracing) take the
+plain modules: they either need gradients or do their own fusion. So do blocks with forward hooks,
+which the fused kernels would bypass.
+
+:meth:`PyramidVisionTransformerBase.iter_stages` runs each block through :func:`block_forward` when
+:func:`can_fuse` allows it, else calls the block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn.modules import module as nn_module
+
+from .export import capturing_graph
+from .layers import Block, ConvFFN, Mlp, SpatialReductionAttention, image_to_tokens, tokens_to_image
+
+_ONEDNN_FUSION = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+_fusion_enabled = True
+
+# Fused CPU inference runs the conv FFN a band of rows at a time. Its hidden tensor is mlp_ratio times
+# wider than the tokens (51 MB for B2's first stage at batch 8): made whole, it is a fresh block on every
+# call, which glibc maps from the OS and faults in page by page (~10 us per 4 KiB on a VM), and it makes
+# three trips through memory. In bands of a few MB it stays in cache and in reused heap blocks. Each band
+# recomputes fc1 on the conv's halo (one row above and below), hence the minimum band height; for inputs
+# up to 1333 px wide (detection) bands stay under 32 MB, the largest block glibc keeps for reuse.
+# Measured (benchmarks/RESULTS.md, 2 threads): faster and 2-3x less peak memory with glibc's default
+# allocator; with one that keeps freed memory (jemalloc, `pvt bench --allocator keep`) within a few % of
+# the whole tensor. 4 MiB was the best of 2-16 MiB here with either allocator.
+FFN_BAND_BYTES = 4 * 1024 * 1024
+MIN_BAND_ROWS = 32  # at most 1/16 of fc1 recomputed
+
+
+@contextmanager
+def unfused() -> Iterator[None]:
+    """Run every block as its modules (no fused kernels), e.g. to compare the two paths."""
+    global _fusion_enabled
+    previous, _fusion_enabled = _fusion_enabled, False
+    try:
+        yield
+    finally:
+        _fusion_enabled = previous
+
+
+def can_fuse(block: Block, x: torch.Tensor) -> bool:
+    """Whether :func:`block_forward` may stand in for ``block(x, ...)``: float32 CPU inference without
+    autograd, autocast or graph capture, the block in evaluation mode, and no forward hooks to call."""
+    if not (
+        _ONEDNN_FUSION
+        and _fusion_enabled
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not capturing_graph()
+        and not block.training
+        and not nn_module._global_forward_hooks
+        and not nn_module._global_forward_pre_hooks
+    ):
+        return False
+    grad = torch.is_grad_enabled()
+    if grad and x.requires_grad:
+        return False
+    # One pass over the block's ~15 modules: dropout and stochastic depth must be off (the fused path
+    # skips them), hooks must find their modules called, and autograd must have nothing to record.
+    for module in block.modules():
+        if module.training or module._forward_hooks or module._forward_pre_hooks:
+            return False
+        for param in module._parameters.values():
+            if param is not None and (param.dtype != torch.float32 or (grad and param.requires_grad)):
+                return False
+    return True
+
+
+def block_forward(block: Block, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``block(x, height, width)`` in evaluation mode on fused kernels (the caller checked :func:`can_fuse`).
+
+    Dropout and stochastic depth are off, so each branch adds the residual in its last linear layer.
+    """
+    x = _attention(block.attn, block.norm1(x), height, width, residual=x)
+    ffn = block.mlp
+    if isinstance(ffn, ConvFFN):
+        return _conv_ffn(ffn, block.norm2(x), height, width, residual=x)
+    return _mlp(ffn, block.norm2(x), residual=x)
+
+
+def band_shape(ffn: ConvFFN, batch: int, height: int, width: int) -> tuple[int, int]:
+    """(images, rows) of each band whose hidden tensor, halo included, is about ``FFN_BAND_BYTES``."""
+    halo = ffn.dwconv.dwconv.padding[0]
+    row_bytes = width * ffn.fc1.out_features * ffn.fc1.weight.element_size()
+    rows = min(height, max(MIN_BAND_ROWS, FFN_BAND_BYTES // row_bytes - 2 * halo))
+    images = min(batch, max(1, FFN_BAND_BYTES // (row_bytes * (rows + 2 * halo))))
+    return images, rows
+
+
+# -- the fused kernels ------------------------------------------------------------------------------------
+def _linear(module: nn.Linear, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
+    """``activation(module(x))`` for ``activation`` in {"none", "gelu", "relu"}: one oneDNN matmul with bias
+    and activation in its epilogue, which also spares the pass that ``addmm`` makes to broadcast the bias
+    into its output (together ~10-20% of a linear layer here)."""
+    algorithm = "none" if activation == "gelu" else ""  # "none" selects exact (erf) GELU, not tanh
+    return torch.ops.mkldnn._linear_pointwise(x, module.weight, module.bias, activation, [], algorithm)
+
+
+def _linear_add(module: nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + module(x)``, the sum in the matmul's epilogue."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, module.weight, module.bias, "add")
+
+
+def _conv_gelu_tokens(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``GELU(conv(x))`` for a channels-last image ``x``, as tokens (B, H*W, C), GELU in the conv's epilogue."""
+    return image_to_tokens(torch.ops.mkldnn._convolution_pointwise(
+        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "gelu", [], "none"
+    ))
+
+
+# -- the block's parts ------------------------------------------------------------------------------------
+def _attention(
+    attn: SpatialReductionAttention, x: torch.Tensor, height: int, width: int, residual: torch.Tensor
+) -> torch.Tensor:
+    q = _linear(attn.q, x)
+    kv = _linear(attn.kv, attn.reduce(x, height, width))
+    return _linear_add(attn.proj, attn.attend(q, kv), residual)
+
+
+def _conv_ffn(ffn: ConvFFN, x: torch.Tensor, height: int, width: int, residual: torch.Tensor) -> torch.Tensor:
+    images, rows = band_shape(ffn, x.shape[0], height, width)
+    if images < x.shape[0] or rows < height:
+        return _conv_ffn_in_bands(ffn, x, height, width, residual, images, rows)
+    hidden = _linear(ffn.fc1, x, "relu" if ffn.linear else "none")
+    hidden = _conv_gelu_tokens(ffn.dwconv.dwconv, tokens_to_image(hidden, height, width))
+    return _linear_add(ffn.fc2, hidden, residual)
+
+
+def _conv_ffn_in_bands(
+    ffn: ConvFFN, x: torch.Tensor, height: int, width: int, residual: torch.Tensor, images: int, rows: int
+) -> torch.Tensor:
+    """:func:`_conv_ffn` in bands of ``images`` x ``rows``, for the reasons of ``FFN_BAND_BYTES``."""
+    activation = "relu" if ffn.linear else "none"
+    batch, _, dim = x.shape
+    conv = ffn.dwconv.dwconv
+    halo = conv.padding[0]
+    x, residual = x.view(batch, height, width, dim), residual.view(batch, height, width, dim)
+    out = torch.empty_like(residual)
+    for first in range(0, batch, images):
+        last = first + images
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            # fc1 on the band and its halo rows; the conv's zero padding of the halo's outer rows
+            # only reaches output rows outside the band, which are dropped.
+            low, high = max(0, top - halo), min(height, bottom + halo)
+            hidden = _linear(ffn.fc1, x[first:last, low:high], activation).permute(0, 3, 1, 2)
+            hidden = _conv_gelu_tokens(conv, hidden).unflatten(1, (high - low, width))
+            out[first:last, top:bottom] = _linear_add(
+                ffn.fc2, hidden[:, top - low:bottom - low], residual[first:last, top:bottom]
+            )
+    return out.flatten(1, 2)
+
+
+def _mlp(mlp: Mlp, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    chunk = max(1, FFN_BAND_BYTES // (mlp.fc1.out_features * mlp.fc1.weight.element_size()))
+    if chunk < x.shape[0] * x.shape[1]:
+        return _mlp_in_chunks(mlp, x, residual, chunk)
+    return _linear_add(mlp.fc2, _linear(mlp.fc1, x, "gelu"), residual)
+
+
+def _mlp_in_chunks(mlp: Mlp, x: torch.Tensor, residual: torch.Tensor, chunk: int) -> torch.Tensor:
+    """:func:`_mlp` ``chunk`` tokens at a time, for the reasons of ``FFN_BAND_BYTES`` (no halo: each token
+    is on its own here)."""
+    tokens, residual_tokens = x.flatten(0, 1), residual.flatten(0, 1)
+    out = torch.empty_like(residual_tokens)
+    for start in range(0, tokens.shape[0], chunk):
+        end = start + chunk
+        hidden = _linear(mlp.fc1, tokens[start:end], "gelu")
+        out[start:end] = _linear_add(mlp.fc2, hidden, residual_tokens[start:end])
+    return out.view_as(residual)
