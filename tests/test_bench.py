@@ -168,7 +168,7 @@ def test_bench_isolate_shows_a_failing_child_s_stderr(
     assert main([*ISOLATED, "--out", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert "no_such_peer on pvt_v2_b0 at batch 1 failed" in error
-    assert "Traceback" in error and "ValueError: unknown peer 'no_such_peer'" in error
+    assert "Traceback" in error and "InputError: unknown peer 'no_such_peer'" in error
     assert not (tmp_path / "bench.json").exists()
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..engine.allocator import keep_freed_memory
+from ..errors import InputError, RunFailure
 from ..models import create_model
 from .machine import describe_machine
 from .memory import describe_method, measure_peak_memory
@@ -33,7 +34,7 @@ from .timing import interleaved_times, median, synchronizer, warm_up
 _STDERR_TAIL = 4000  # characters of a failed child's stderr in the error: the end of its traceback
 
 
-class IsolatedRunError(RuntimeError):
+class IsolatedRunError(RunFailure):
     """A child process failed; the message ends with its stderr."""
 
 
@@ -44,7 +45,7 @@ def run_isolated(config: BenchConfig, runs: int = 3, log: Log = lambda line: Non
     Each process runs ``config.warmup`` untimed calls, one memory call, then ``config.rounds`` timed calls.
     """
     if runs < 1:
-        raise ValueError(f"runs must be at least 1, got {runs}")
+        raise InputError(f"runs must be at least 1, got {runs}")
     started, load_before = time.perf_counter(), _load_average()
     threads_before = torch.get_num_threads()
     if config.threads:

@@ -11,6 +11,7 @@ import importlib.util
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..models import PyramidVisionTransformerV2, model_settings
 from ..models.keys import from_official
 
@@ -50,7 +51,7 @@ def peer_with_weights_of(peer: str, model: nn.Module, name: str, image_size: int
         return timm_with_weights_of(model, name)
     if peer == "hf":
         return LogitsOf(hf_with_weights_of(model, name, image_size))
-    raise ValueError(f"unknown peer {peer!r}; expected one of {', '.join(PEERS)}")
+    raise InputError(f"unknown peer {peer!r}; expected one of {', '.join(PEERS)}")
 
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:

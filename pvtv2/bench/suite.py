@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..engine.allocator import ALLOCATORS, keep_freed_memory
 from ..models import create_model, list_models
 from ..models.complexity import count_flops, create_for_counting
@@ -76,28 +77,28 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+            raise InputError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' asked for, but torch sees no CUDA device here")
+            raise InputError("device 'cuda' asked for, but torch sees no CUDA device here")
         if self.allocator not in ALLOCATORS:
-            raise ValueError(f"allocator must be one of {', '.join(ALLOCATORS)}, got {self.allocator!r}")
+            raise InputError(f"allocator must be one of {', '.join(ALLOCATORS)}, got {self.allocator!r}")
         if self.amp not in (None, "bf16"):
-            raise ValueError(f"amp must be None or 'bf16', got {self.amp!r}")
+            raise InputError(f"amp must be None or 'bf16', got {self.amp!r}")
         unknown = sorted(set(self.models + self.sweep_models) - set(list_models()))
         if unknown:
-            raise ValueError(f"unknown model(s) {', '.join(unknown)}; known models: {', '.join(list_models())}")
+            raise InputError(f"unknown model(s) {', '.join(unknown)}; known models: {', '.join(list_models())}")
         counts = dict(image_size=self.image_size, rounds=self.rounds, sweep_rounds=self.sweep_rounds,
                       train_batch=self.train_batch, threads=self.threads)  # None: not set, no training
         for what, value in counts.items():
             if value is not None and value < 1:
-                raise ValueError(f"{what} must be at least 1, got {value}")
+                raise InputError(f"{what} must be at least 1, got {value}")
         for what, values in dict(infer_batches=self.infer_batches, sweep_sizes=self.sweep_sizes).items():
             if any(value < 1 for value in values):
-                raise ValueError(f"{what} must all be at least 1, got {values}")
+                raise InputError(f"{what} must all be at least 1, got {values}")
         if self.warmup < 0:
-            raise ValueError(f"warmup must be 0 or more rounds, got {self.warmup}")
+            raise InputError(f"warmup must be 0 or more rounds, got {self.warmup}")
         if self.fit_range[0] > self.fit_range[1]:
-            raise ValueError(f"fit_range must be (smallest, largest) size, got {self.fit_range}")
+            raise InputError(f"fit_range must be (smallest, largest) size, got {self.fit_range}")
 
     @classmethod
     def preset(cls, device: str = "cpu", quick: bool = False, **overrides: Any) -> BenchConfig:

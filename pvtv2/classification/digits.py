@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import InputError
+
 CLASSES = [str(digit) for digit in range(10)]
 HELD_OUT_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -29,7 +31,7 @@ class Digits(Dataset):
         from sklearn.model_selection import train_test_split
 
         if split not in ("train", "val"):
-            raise ValueError(f"digits has the splits 'train' and 'val', not {split!r}")
+            raise InputError(f"digits has the splits 'train' and 'val', not {split!r}")
         digits = load_digits()
         train_images, val_images, train_labels, val_labels = train_test_split(
             digits.images, digits.target, test_size=HELD_OUT_FRACTION, random_state=SPLIT_SEED, stratify=digits.target,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..errors import InputError
 from ..engine import distributed
 from ..engine.optim import autocast
 
@@ -43,5 +44,5 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: st
     model.train(was_training)
     loss_sum, top1, top5, images = distributed.all_reduce_sum(totals).tolist()
     if images == 0:
-        raise ValueError("the evaluation dataset is empty")
+        raise InputError("the evaluation dataset is empty")
     return EvalResult(100 * top1 / images, 100 * top5 / images, loss_sum / images, int(images))

@@ -7,6 +7,8 @@ repeated-augmentation sampler. (AdamW with timm's weight-decay groups is :func:`
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from timm.data import Mixup
 from timm.data.distributed_sampler import RepeatAugSampler
@@ -16,6 +18,8 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from .config import AugmentConfig, OptimConfig
+
+logger = logging.getLogger("pvtv2")
 
 LR_REFERENCE_BATCH = 512  # base_lr is the lr for 512 images per step (DeiT's rule)
 REPEATS = 3  # repeated augmentation: every image three times per epoch, on different processes
@@ -28,15 +32,29 @@ def scaled_lr(base_lr: float, total_batch: int) -> float:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, steps_per_epoch: int) -> CosineLRScheduler:
     """Cosine decay to ``min_lr`` after a linear warm-up from ``warmup_lr``, updated every step (the lr of
-    step t is set by ``scheduler.step_update(t)``)."""
+    step t is set by ``scheduler.step_update(t)``).
+
+    At a small total batch the linearly scaled lr can fall below ``min_lr`` (or ``warmup_lr``), and the
+    "decay" would then rise: both are clamped to the lr, with a warning.
+    """
+    lr = optimizer.param_groups[0]["lr"]
+    min_lr, warmup_lr = _at_most_lr(optim.min_lr, "min_lr", lr), _at_most_lr(optim.warmup_lr, "warmup_lr", lr)
     return CosineLRScheduler(
         optimizer,
         t_initial=optim.epochs * steps_per_epoch,
-        lr_min=optim.min_lr,
+        lr_min=min_lr,
         warmup_t=optim.warmup_epochs * steps_per_epoch,
-        warmup_lr_init=optim.warmup_lr,
+        warmup_lr_init=warmup_lr,
         t_in_epochs=False,
     )
+
+
+def _at_most_lr(value: float, key: str, lr: float) -> float:
+    if value <= lr:
+        return value
+    logger.warning("optim.%s %.3g is above the scaled lr %.3g (base_lr x total batch / %d): using %.3g, so that "
+                   "the schedule never rises above the lr", key, value, lr, LR_REFERENCE_BATCH, lr)
+    return lr
 
 
 def build_mixup(augment: AugmentConfig, num_classes: int) -> Mixup | None:

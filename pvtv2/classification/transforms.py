@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from timm.data import create_transform
 
+from ..errors import InputError
+
 
 def train_transform(
     img_size: int,
@@ -33,7 +35,7 @@ def eval_transform(img_size: int, crop_pct: float = 0.875, interpolation: str = 
     """PIL image -> normalised tensor: resize the shorter side to ``img_size / crop_pct`` (256 for 224), then
     center crop ``img_size``."""
     if not 0 < crop_pct <= 1:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        raise InputError(f"crop_pct must be in (0, 1], got {crop_pct}")
     return create_transform(img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation)
 
 

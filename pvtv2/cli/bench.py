@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bench import BenchConfig, run_suite, write_results
-from ..bench.isolated import IsolatedRunError, run_isolated
+from ..bench.isolated import run_isolated
 from ..bench.peers import PEERS
 from ..bench.report import describe_mode
 from ..engine.allocator import ALLOCATORS
@@ -116,11 +116,9 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     started = time.perf_counter()
     if args.isolate:
-        try:
-            results = run_isolated(config, ISOLATED_RUNS if args.runs is None else args.runs, log)
-        except IsolatedRunError as error:  # not a usage error: status 1, with the child's traceback
-            print(f"pvt bench: error: {error}", file=sys.stderr)
-            return 1
+        # A child that fails raises IsolatedRunError (a RunFailure: status 1, its message ends with the
+        # child's traceback).
+        results = run_isolated(config, ISOLATED_RUNS if args.runs is None else args.runs, log)
     else:
         results = run_suite(config, log=log)
     print(format_report(results))

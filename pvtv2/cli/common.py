@@ -9,12 +9,15 @@ from typing import Any
 
 from ..engine.allocator import keep_freed_memory
 from ..engine.config import Config
+from ..engine.run import check_writable
 from ..engine.text_table import format_table  # noqa: F401  (the subcommands take it from here)
+from ..engine.training_state import LAST
+from ..errors import InputError, Interrupted
 from ..models import list_models
 
 
-class CommandError(Exception):
-    """A user error: reported as one line on stderr, exit status 2."""
+class CommandError(InputError):
+    """A user error in a command's arguments: reported as one line on stderr, exit status 2."""
 
 
 def select_models(patterns: Sequence[str] | None) -> list[str]:
@@ -72,6 +75,24 @@ def run_training(args: argparse.Namespace, config_type: type[Config], train: Cal
         return 0
     # A training process allocates and frees the same big activations every step; glibc would hand them
     # back to the OS and fault them in again (engine/allocator.py). The process is ours, so keep them.
-    with keep_freed_memory(enabled=not args.system_allocator):
-        train(config)
+    try:
+        with keep_freed_memory(enabled=not args.system_allocator):
+            train(config)
+    except KeyboardInterrupt:
+        raise Interrupted(what_a_stopped_run_left(Path(config.run.output_dir))) from None
     return 0
+
+
+def check_output_path(path: Path, option: str) -> None:
+    """Fail before any work when the file or folder ``path`` (given with ``option``) cannot be written."""
+    folder = path if path.is_dir() else path.parent
+    check_writable(folder, f"{path}", f"choose another {option}")
+
+
+def what_a_stopped_run_left(output_dir: Path) -> str:
+    """What a user whose run stopped midway can do next (checkpoints are written atomically, so the last
+    one is whole)."""
+    last = output_dir / LAST
+    if last.is_file():
+        return f"{last} holds the run up to its last checkpoint: continue it with --resume auto"
+    return f"no checkpoint was written to {output_dir} yet: start the run again"

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from ..models.conversion import TARGETS, convert_checkpoint
+from .common import check_output_path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_path(args.destination, "OUT")
     done = convert_checkpoint(args.source, args.destination, args.to, args.model)
     if done.backbone_only:
         parts = sorted({key.split(".", 1)[0] for key in done.dropped})

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ..models.export import MAX_EXPORT_SIDE, MIN_EXPORT_SIDE, check_onnx, export_onnx, export_program
 from ..models import create_model
-from .common import CommandError
+from ..models.export import MAX_EXPORT_SIDE, MIN_EXPORT_SIDE, check_onnx, export_onnx, export_program
+from .common import CommandError, check_output_path
 
 CHECK_SIZES = [(1, 224, 224), (2, 250, 333), (1, 512, 384)]  # (batch, height, width)
 TOLERANCE = 1e-4
@@ -30,10 +30,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = create_model(args.name, pretrained=args.pretrained, features_only=args.features_only,
-                         num_classes=args.num_classes).eval()
     suffix = ".onnx" if args.format == "onnx" else ".pt2"
     out = args.out or Path(args.name + ("_features" if args.features_only else "") + suffix)
+    check_output_path(out, "--out")  # before the export's tens of seconds of work
+    model = create_model(args.name, pretrained=args.pretrained, features_only=args.features_only,
+                         num_classes=args.num_classes).eval()
     print(f"exporting {args.name} to {out} (dynamic batch; height and width {MIN_EXPORT_SIDE}..{MAX_EXPORT_SIDE})")
     if args.format == "onnx":
         export_onnx(model, out)

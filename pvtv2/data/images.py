@@ -6,8 +6,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..errors import InputError
 
-class DatasetError(ValueError):
+
+class DatasetError(InputError):
     """A dataset that is missing, empty, inconsistent or has an unreadable image (named in the message)."""
 
 

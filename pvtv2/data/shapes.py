@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import InputError
 from PIL import Image
 
 CATEGORIES = ("circle", "square", "triangle")  # COCO ids 1..3; semantic labels 1..3 (0 = background)
@@ -124,7 +126,7 @@ def check_size_range(size_range: tuple[float, float]) -> tuple[float, float]:
     """``size_range`` as (low, high) fractions of the image side, or a ValueError saying what is wrong."""
     low, high = (float(v) for v in size_range)
     if not 0 < low <= high <= 1:
-        raise ValueError(f"shape size range must satisfy 0 < low <= high <= 1 (fractions of the image side), "
+        raise InputError(f"shape size range must satisfy 0 < low <= high <= 1 (fractions of the image side), "
                          f"got {low}, {high}")
     return low, high
 

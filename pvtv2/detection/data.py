@@ -11,8 +11,6 @@ Labels are the categories in id order, numbered from 1 (0 is Mask R-CNN's backgr
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 from collections.abc import Callable
@@ -27,6 +25,8 @@ from torchvision.transforms import v2
 
 from ..data import DatasetError, open_rgb
 from ..data.shapes import write_coco_shapes
+from ..errors import InputError
+from .coco_format import load_coco
 
 if TYPE_CHECKING:
     from .config import DetectionConfig
@@ -72,23 +72,15 @@ class CocoDetection(Dataset):
         with_masks: bool = True,
         skip_empty: bool = False,
     ) -> None:
-        from pycocotools.coco import COCO
-
         self.images_dir, self.annotation_file = Path(images), Path(annotations)
         if not self.annotation_file.is_file():
             raise DatasetError(f"annotation file {self.annotation_file} does not exist")
         if not self.images_dir.is_dir():
             raise DatasetError(f"image folder {self.images_dir} does not exist")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-                self.coco = COCO(str(self.annotation_file))
-        except (ValueError, KeyError, TypeError) as error:
-            raise DatasetError(f"{self.annotation_file} is not a COCO instances file: {error!r}") from error
+        self.coco = load_coco(self.annotation_file, with_masks=with_masks)  # its structure checked
         self.transform = transform
         self.with_masks = with_masks
         self.category_ids = sorted(self.coco.getCatIds())
-        if not self.category_ids:
-            raise DatasetError(f"{self.annotation_file} has no categories")
         self.classes = [self.coco.cats[c]["name"] for c in self.category_ids]
         self.label_of = {c: i + 1 for i, c in enumerate(self.category_ids)}
         self.objects, degenerate = self._check_annotations()
@@ -107,32 +99,22 @@ class CocoDetection(Dataset):
         return self.images_dir / self.coco.imgs[image_id]["file_name"]
 
     def _check_annotations(self) -> tuple[dict[int, list[dict[str, Any]]], list[int]]:
-        """Per image, its valid non-crowd annotations; and the ids of the degenerate boxes dropped."""
+        """Per image, its valid non-crowd annotations; and the ids of the degenerate boxes dropped. (The
+        file's structure, references and numbers were checked by :func:`load_coco`.)"""
         objects: dict[int, list[dict[str, Any]]] = {i: [] for i in self.coco.imgs}
         degenerate = []
         for ann in self.coco.anns.values():
-            where = f"{self.annotation_file}: annotation {ann.get('id')}"
-            image = self.coco.imgs.get(ann.get("image_id"))
-            if image is None:
-                raise DatasetError(f"{where} refers to image id {ann.get('image_id')!r}, which is not in 'images'")
-            where += f" (image {image['file_name']})"
-            if ann.get("category_id") not in self.label_of:
-                raise DatasetError(f"{where} has category_id {ann.get('category_id')!r}, which is not one of the "
-                                   f"file's categories {self.category_ids}")
-            box = ann.get("bbox")
-            if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-                raise DatasetError(f"{where} has bbox {box!r}; expected [x, y, width, height] in pixels")
-            x, y, w, h = box
+            image = self.coco.imgs[ann["image_id"]]
+            where = f"{self.annotation_file}: annotation {ann['id']} (image {image['file_name']})"
+            x, y, w, h = ann["bbox"]
             if w < MIN_BOX_SIDE or h < MIN_BOX_SIDE:
                 degenerate.append(ann.get("id"))
                 continue
             width, height = image["width"], image["height"]
             if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE or y + h > height + BOX_TOLERANCE:
-                raise DatasetError(f"{where} has bbox [x, y, w, h] = {box}, outside the {width}x{height} image")
+                raise DatasetError(f"{where} has bbox [x, y, w, h] = {ann['bbox']}, outside the {width}x{height} image")
             if ann.get("iscrowd", 0):
                 continue
-            if self.with_masks and not ann.get("segmentation"):
-                raise DatasetError(f"{where} has no segmentation; a mask detector needs one per object")
             objects[ann["image_id"]].append(ann)
         return objects, degenerate
 
@@ -178,7 +160,7 @@ def train_transform(min_size: tuple[int, int] = (800, 800), max_size: int = 1333
     flip, scale to [0, 1]; boxes left degenerate by the resize are dropped with their labels and masks."""
     low, high = min_size
     if not 0 < low <= high:
-        raise ValueError(f"the training shorter side range must be 0 < low <= high, got {min_size}")
+        raise InputError(f"the training shorter side range must be 0 < low <= high, got {min_size}")
     return v2.Compose([
         v2.RandomShortestSize(list(range(low, high + 1)), max_size=max_size, antialias=True),
         v2.RandomHorizontalFlip(hflip),

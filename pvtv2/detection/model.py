@@ -30,6 +30,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
+from ..errors import InputError
 from ..models import create_model
 
 if TYPE_CHECKING:
@@ -123,12 +124,12 @@ def build_detector(
     """
     _check_kind(kind)
     if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        raise InputError(f"num_classes must be at least 1, got {num_classes}")
     body_and_neck = build_backbone(kind, backbone, fpn_channels=fpn_channels,
                                    pretrained_backbone=pretrained_backbone, drop_path_rate=drop_path_rate)
     sizes = tuple(anchor_sizes) if anchor_sizes is not None else DEFAULT_ANCHOR_SIZES[kind]
     if len(sizes) != 5:
-        raise ValueError(f"anchor_sizes needs one base size per FPN level (5), got {list(sizes)}")
+        raise InputError(f"anchor_sizes needs one base size per FPN level (5), got {list(sizes)}")
     min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
     common = dict(min_size=min_sizes, max_size=max_size, _skip_resize=True, **detector_kwargs)
     if kind == "retinanet":
@@ -153,7 +154,7 @@ def build_detector(
 
 def _check_kind(kind: str) -> None:
     if kind not in DETECTORS:
-        raise ValueError(f"unknown detector {kind!r}; expected one of {', '.join(DETECTORS)}")
+        raise InputError(f"unknown detector {kind!r}; expected one of {', '.join(DETECTORS)}")
 
 
 def _xavier_init(module: nn.Module) -> None:

@@ -29,10 +29,12 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from ..errors import InputError
+
 C = TypeVar("C", bound="Config")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file or override that does not fit the schema: names the key and what was expected."""
 
 

@@ -16,6 +16,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Subset
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class DistributedEnv:
@@ -33,14 +35,14 @@ class DistributedEnv:
 def resolve_device(request: str, local_rank: int = 0) -> torch.device:
     """``auto`` (CUDA when there is one, else CPU), ``cpu`` or ``cuda``: this process's device."""
     if request == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
+        raise InputError(
             f"device 'cuda' was asked for, but this machine has no usable CUDA device "
             f"(torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu or auto"
         )
     if request == "cpu" or (request == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if request not in ("auto", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {request!r}")
+        raise InputError(f"device must be auto, cpu or cuda, got {request!r}")
     return torch.device("cuda", local_rank)
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..errors import RunFailure
 from . import distributed
 from .distributed import DistributedEnv
 from .optim import OptimizerStep
@@ -55,7 +56,7 @@ def train_steps(
             loss = sum(named.values()) if named else losses
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                raise FloatingPointError(_not_finite(loss_value, named, progress.n))
+                raise NonFiniteLossError(_not_finite(loss_value, named, progress.n))
             lr = step.lr
             if step.step(loss) and after_step is not None:
                 after_step()
@@ -74,7 +75,13 @@ def train_steps(
     return dict(**means, lr=lr, images_per_s=images_seen / seconds, train_time_s=seconds)
 
 
+class NonFiniteLossError(RunFailure, FloatingPointError):
+    """The training loss became NaN or infinite: the run stops rather than train on it."""
+
+
 def _not_finite(value: float, named: Mapping[str, torch.Tensor], batch: int) -> str:
-    parts = [f"{k} {v.item():.4g}" for k, v in named.items()]
-    which = f" ({', '.join(parts)})" if parts else ""
-    return f"the training loss is {value}{which} at batch {batch}; lower the lr or set clip_grad"
+    """Which loss is not finite, at which batch, and what usually helps."""
+    bad = [f"{k} is {v.item()}" for k, v in named.items() if not math.isfinite(v.item())]
+    which = ", ".join(bad) if bad else f"the training loss is {value}"
+    return (f"{which} at batch {batch}; lower the lr, set clip_grad, "
+            f"or check the batch's targets")

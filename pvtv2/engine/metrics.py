@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..errors import InputError
+
+logger = logging.getLogger("pvtv2")
 
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
@@ -34,10 +39,23 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics file. A run killed while appending can leave its last line torn: that line
+    is dropped with a warning (the resumed run writes the record again); a damaged line before it is an error."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                logger.warning("%s: dropped its last line, torn (%s): %.60s", path, error, line)
+                break
+            raise InputError(f"{path}: line {number} is not a JSON record ({error}); remove or repair the line, or "
+                             f"start a new run in another output_dir") from error
+    return records
 
 
 def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, x: str, panels: Sequence[Panel]) -> None:

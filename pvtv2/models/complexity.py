@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..errors import InputError
 from .layers import SpatialReductionAttention
 from .registry import build_model
 
@@ -151,7 +152,7 @@ def flop_breakdown(
 def _check_size(input_size: Sequence[int]) -> tuple[int, int]:
     size = tuple(input_size)
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f"input_size must be (height, width) in pixels, got {input_size!r}")
+        raise InputError(f"input_size must be (height, width) in pixels, got {input_size!r}")
     return size  # type: ignore[return-value]
 
 

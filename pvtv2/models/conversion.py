@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import save_file
 
+from ..errors import InputError
 from .keys import Format, detect_format, from_official
 from .layers import BLOCK_NORM_EPS
 from .loading import CheckpointError, fit_state_dict, model_shapes, open_checkpoint
@@ -57,7 +58,7 @@ def convert_checkpoint(
     :class:`CheckpointError` and nothing is written. Tensors are written unchanged (same values and dtype).
     """
     if to not in TARGETS:
-        raise ValueError(f"unknown target format {to!r}; expected one of {', '.join(TARGETS)}")
+        raise InputError(f"unknown target format {to!r}; expected one of {', '.join(TARGETS)}")
     contents = open_checkpoint(source)
     fmt = _detect(contents.tensors, source)
     num_classes = head_classes(contents.tensors, fmt)
@@ -96,7 +97,7 @@ def save_checkpoint(official: Mapping[str, torch.Tensor], destination: str | os.
         _save_hf(official, destination, model)
         return
     if destination.is_dir():
-        raise ValueError(f"{destination} is a folder; the {to} format is a single file")
+        raise InputError(f"{destination} is a folder; the {to} format is a single file")
     destination.parent.mkdir(parents=True, exist_ok=True)
     if to == "safetensors":
         _save_safetensors(dict(official), destination)
@@ -159,7 +160,7 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def _save_hf(official: Mapping[str, torch.Tensor], folder: Path, model: str) -> None:
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder} is a file; the hf format is a folder ({_HF_CONFIG} and {_HF_WEIGHTS})")
+        raise InputError(f"{folder} is a file; the hf format is a folder ({_HF_CONFIG} and {_HF_WEIGHTS})")
     folder.mkdir(parents=True, exist_ok=True)
     num_classes = official["head.weight"].shape[0] if "head.weight" in official else 0
     _save_safetensors(from_official(official, "hf"), folder / _HF_WEIGHTS)

@@ -96,7 +96,7 @@ def band_shape(ffn: ConvFFN, batch: int, height: int, width: int) -> tuple[int, 
     halo = ffn.dwconv.dwconv.padding[0]
     row_bytes = width * ffn.fc1.out_features * ffn.fc1.weight.element_size()
     rows = min(height, max(MIN_BAND_ROWS, FFN_BAND_BYTES // row_bytes - 2 * halo))
-    images = min(batch, max(1, FFN_BAND_BYTES // (row_bytes * (rows + 2 * halo))))
+    images = max(1, min(batch, FFN_BAND_BYTES // (row_bytes * (rows + 2 * halo))))  # at least 1 (also for batch 0)
     return images, rows
 
 

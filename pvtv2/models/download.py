@@ -31,6 +31,7 @@ from typing import BinaryIO
 
 import torch
 
+from ..errors import EnvironmentProblem, InputError
 from . import reference
 from .loading import CheckpointError, fit_state_dict, model_shapes, open_checkpoint
 
@@ -76,14 +77,14 @@ _TOP1 = {name: row["top1"] for name, row in reference.published(reference.IMAGEN
 RELEASES: dict[str, ReleaseFile] = {name: ReleaseFile(name, top1=_TOP1[name]) for name in _RELEASED}
 
 
-class WeightsUnavailableError(OSError):
+class WeightsUnavailableError(EnvironmentProblem):
     """The weights could not be fetched (offline, unreachable, interrupted, wrong hash); nothing was cached."""
 
 
 def release_file(name: str) -> ReleaseFile:
     """The release entry of model ``name``."""
     if name not in RELEASES:
-        raise ValueError(f"no released weights for {name!r}; released: {', '.join(RELEASES)}")
+        raise InputError(f"no released weights for {name!r}; released: {', '.join(RELEASES)}")
     return RELEASES[name]
 
 
@@ -171,11 +172,19 @@ def _partial_file(destination: Path) -> Iterator[tuple[BinaryIO, Path]]:
     destination.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
     path = Path(name)
+    # mkstemp makes the file private (0600); a cache may be shared, so give it the mode of any new file.
+    os.chmod(fd, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "wb") as file:
             yield file, path
     finally:
         path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def _is_url(location: str) -> bool:

@@ -14,6 +14,8 @@ from typing import Literal
 
 import torch
 
+from ..errors import InputError
+
 Format = Literal["official", "timm", "hf"]
 FORMATS: tuple[Format, ...] = ("official", "timm", "hf")
 HF_PREFIXES = {"v1": "pvt.", "v2": "pvt_v2."}
@@ -34,7 +36,7 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> Format:
     if any(".encoder.layers." in k or k.startswith("encoder.") or ".encoder.patch_embeddings." in k for k in keys):
         return "hf"
     shown = ", ".join(keys[:8]) or "(no keys)"
-    raise ValueError(f"not a PVT checkpoint in official, timm or HF format; its first keys are: {shown}")
+    raise InputError(f"not a PVT checkpoint in official, timm or HF format; its first keys are: {shown}")
 
 
 # -- official -> timm (PVTv2 only: timm has no PVTv1) -----------------------------------------------------
@@ -90,7 +92,7 @@ def _names_in(fmt: Format, key: str, family: Literal["v1", "v2"]) -> list[str]:
         return [key]
     if fmt == "timm":
         if family == "v1":
-            raise ValueError("timm has no PVTv1 models, so there is no timm format for them")
+            raise InputError("timm has no PVTv1 models, so there is no timm format for them")
         return [official_to_timm_key(key)]
     return official_to_hf_keys(key, family)
 

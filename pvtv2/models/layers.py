@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
+from ..errors import InputError
 from .export import ExportableAdaptiveAvgPool2d
 
 # The official release and timm use PyTorch's default eps in the patch-embedding and
@@ -75,7 +76,7 @@ class SpatialReductionAttention(nn.Module):
     ) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise InputError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim = dim
         self.num_heads = num_heads
         self.sr_ratio = sr_ratio
@@ -126,7 +127,7 @@ class SpatialReductionAttention(nn.Module):
         head_dim = dim // self.num_heads
         q = q.reshape(batch, num_tokens, self.num_heads, head_dim).transpose(1, 2)
         # (B, M, 2C) -> 2 x (B, heads, M, head_dim)
-        k, v = kv.reshape(batch, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        k, v = kv.reshape(batch, kv.shape[1], 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         return x.transpose(1, 2).reshape(batch, num_tokens, dim)
 

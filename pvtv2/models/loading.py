@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InputError
+from ..errors import InputError
+
 from .keys import FORMATS, Format, detect_format, to_official
 from .registry import build_model
 
@@ -32,7 +35,7 @@ _BACKBONE_PREFIXES = ("backbone.body.", "backbone.")
 _MAX_KEYS_SHOWN = 10
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be read, or does not fit the model it is loaded into."""
 
 
@@ -152,7 +155,7 @@ def fit_state_dict(
         except ValueError as error:
             raise CheckpointError(f"{source}: {error}") from error
     elif fmt not in FORMATS:
-        raise ValueError(f"unknown checkpoint format {fmt!r}; expected one of {FORMATS}")
+        raise InputError(f"unknown checkpoint format {fmt!r}; expected one of {FORMATS}")
 
     wanted_keys = list(expected)
     if "head.weight" not in expected:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import InputError
 from . import cpu_inference
 from .layers import Block, PatchEmbed, init_weights, tokens_to_image
 
@@ -53,7 +54,7 @@ def _min_input_size(patch_embeds: Sequence[PatchEmbed], sr_ratios: Sequence[int]
 def _check_num_classes(num_classes: int) -> None:
     # bool is an int in Python, but True classes is a mistake, not a head of one class.
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 0:
-        raise ValueError(f"num_classes must be an integer >= 0 (0: no classification head), got {num_classes!r}")
+        raise InputError(f"num_classes must be an integer >= 0 (0: no classification head), got {num_classes!r}")
 
 
 class PyramidVisionTransformerBase(nn.Module):
@@ -87,7 +88,7 @@ class PyramidVisionTransformerBase(nn.Module):
         for name, values in dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads,
                                  mlp_ratios=mlp_ratios, sr_ratios=sr_ratios, patch_embeds=patch_embeds).items():
             if len(values) != NUM_STAGES:
-                raise ValueError(f"{name} needs {NUM_STAGES} values (one per stage), got {list(values)}")
+                raise InputError(f"{name} needs {NUM_STAGES} values (one per stage), got {list(values)}")
         self.in_chans = in_chans
         self.embed_dims = tuple(embed_dims)
         self.depths = tuple(depths)
@@ -114,7 +115,7 @@ class PyramidVisionTransformerBase(nn.Module):
         if features_only:
             out_indices = tuple(out_indices)
             if not out_indices or any(i not in range(NUM_STAGES) for i in out_indices):
-                raise ValueError(f"out_indices must be stage indices in 0..{NUM_STAGES - 1}, got {out_indices}")
+                raise InputError(f"out_indices must be stage indices in 0..{NUM_STAGES - 1}, got {out_indices}")
             self.out_indices = out_indices
             self.feature_info = FeatureInfo(
                 dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"block{i + 1}") for i in out_indices
@@ -145,12 +146,12 @@ class PyramidVisionTransformerBase(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
+            raise InputError(
                 f"expected images of shape (batch, {self.in_chans}, height, width), got {tuple(x.shape)}"
             )
         smallest = self.min_input_size
         if x.shape[-2] < smallest or x.shape[-1] < smallest:
-            raise ValueError(
+            raise InputError(
                 f"input {x.shape[-2]}x{x.shape[-1]} is too small for this model: every side must be at least "
                 f"{smallest} pixels so that each stage's spatial reduction has a full window"
             )

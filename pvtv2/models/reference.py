@@ -19,6 +19,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from ..errors import InputError
+
 IMAGENET = "imagenet_224"
 COCO = "coco_val2017"
 COCO_DETECTORS = "coco_detectors_3x_1280x800"
@@ -42,7 +44,7 @@ def published(table: str) -> dict[str, dict[str, float]]:
     """Rows of ``table`` as ``{row: {column: value}}``, in file order."""
     data = load()
     if table not in tables():
-        raise ValueError(f"no published table {table!r}; known tables: {', '.join(tables())}")
+        raise InputError(f"no published table {table!r}; known tables: {', '.join(tables())}")
     columns = data[table]["_columns"]
     return {
         row: dict(zip(columns, values))
@@ -62,7 +64,7 @@ def architecture(name: str) -> dict[str, Any]:
     for family in load()["architectures"].values():
         if name in family:
             return {**family["common"], **family[name]}
-    raise ValueError(f"no published architecture for {name!r}")
+    raise InputError(f"no published architecture for {name!r}")
 
 
 def rounding(value: float) -> float:
@@ -101,7 +103,7 @@ def compare_imagenet(name: str, params: int, flops: int) -> dict[str, Comparison
     """
     rows = published(IMAGENET)
     if name not in rows:
-        raise ValueError(f"no published ImageNet figures for {name!r}; known: {', '.join(rows)}")
+        raise InputError(f"no published ImageNet figures for {name!r}; known: {', '.join(rows)}")
     official = params_from_official_code()
     if name in official:
         params_cmp = Comparison(params / 1e6, official[name], "official code")

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import InputError
+
 _VARIANTS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {}
 
 
@@ -43,7 +45,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 def _lookup(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
     if name not in _VARIANTS:
         close = [n for n in list_models() if n.startswith(name.rstrip("0123456789_li"))] or list_models()
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(close)}")
+        raise InputError(f"unknown model {name!r}; known models: {', '.join(close)}")
     return _VARIANTS[name]
 
 

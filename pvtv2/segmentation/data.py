@@ -210,7 +210,10 @@ def dataset_root(cfg: SegmentationConfig) -> Path:
     if data.dataset == "shapes":
         return ensure_shapes(data.root or DEFAULT_SHAPES_ROOT, data.shapes_train, data.shapes_val, data.shapes_size,
                              data.shapes_seed, data.shapes_max_objects, data.shapes_size_range)
-    return Path(data.root)  # type: ignore[arg-type]  # the config's check() requires it
+    root = Path(data.root)  # type: ignore[arg-type]  # the config's check() requires it
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist (data.root, or --data for seg-eval)")
+    return root
 
 
 class IterationSampler(Sampler[int]):

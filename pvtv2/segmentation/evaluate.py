@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..errors import InputError
 from ..engine import distributed
 from ..engine.optim import autocast
 from ..engine.text_table import format_table
@@ -122,7 +123,7 @@ def predict_probabilities(
     """Class probabilities (B, classes, *out_size) of a normalised image batch (B, 3, H, W) at the test scale:
     softmax averaged over ``scales`` (ratios of the test scale) and, with ``flip``, mirrored copies."""
     if mode not in ("whole", "slide"):
-        raise ValueError(f"test mode must be 'whole' or 'slide', got {mode!r}")
+        raise InputError(f"test mode must be 'whole' or 'slide', got {mode!r}")
     total = None
     for ratio in scales:
         scaled = image if ratio == 1 else F.interpolate(

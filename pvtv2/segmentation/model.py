@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
+from ..errors import InputError
 from ..models import create_model
 
 Norm = Literal["batch", "group"]
@@ -148,10 +149,10 @@ def build_segmenter(
     """Segmenter ``name`` on PVT ``backbone`` with ``num_classes`` outputs; ``pretrained`` loads the
     backbone's weights (``"official"``: the ImageNet-1K release; or a checkpoint path or state dict)."""
     if name not in SEGMENTERS:
-        raise ValueError(f"unknown segmenter {name!r}; known segmenters: {', '.join(SEGMENTERS)}")
+        raise InputError(f"unknown segmenter {name!r}; known segmenters: {', '.join(SEGMENTERS)}")
     if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        raise InputError(f"num_classes must be at least 1, got {num_classes}")
     if norm not in ("batch", "group"):
-        raise ValueError(f"norm must be 'batch' or 'group', got {norm!r}")
+        raise InputError(f"norm must be 'batch' or 'group', got {norm!r}")
     body = create_model(backbone, features_only=True, pretrained=pretrained, drop_path_rate=drop_path_rate)
     return SemanticFPN(body, num_classes, dropout=dropout, norm=norm, **kwargs)

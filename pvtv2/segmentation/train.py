@@ -1,6 +1,6 @@
 """Training a Semantic FPN segmenter, as one plain sequence:
 
-    run set-up -> data -> model -> optimizer, poly schedule, loss -> resume -> iterations: train, evaluate, save
+    run set-up -> data -> model -> optimizer, poly schedule -> resume -> iterations: train, evaluate, save
 
 Iteration-based, as MMSegmentation's runner: an endless stream of shuffled epochs feeds ``iterations``
 steps, trained in stretches between the points where the run logs, evaluates or saves. Everything the
@@ -14,6 +14,7 @@ from itertools import islice
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -71,11 +72,10 @@ def train(cfg: SegmentationConfig) -> SegmentationMetrics:
         model.to(env.device)
         train_model = wrap_model(model, env)
 
-        # Optimizer, schedule, loss.
+        # Optimizer, schedule.
         optimizer = adamw(model, optim.lr, optim.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, PolySchedule(optim.iterations, optim.poly_power, optim.warmup_iters))
-        criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
         step = OptimizerStep(train_model, optimizer, env.device, cfg.run.amp, clip_grad=optim.clip_grad,
                              accumulate_steps=optim.accumulate_steps)
 
@@ -105,7 +105,7 @@ def train(cfg: SegmentationConfig) -> SegmentationMetrics:
             images, masks = (t.to(env.device, non_blocking=True) for t in batch)
             with step.autocast():
                 logits = train_model(images)
-            return criterion(logits.float(), masks)
+            return pixel_cross_entropy(logits.float(), masks)
 
         # Iterations, in stretches up to the next iteration that logs, evaluates or saves.
         result: SegmentationMetrics | None = None
@@ -148,6 +148,13 @@ def train(cfg: SegmentationConfig) -> SegmentationMetrics:
         run.say(result.table())
         run.say(f"checkpoint {out / 'last.pth'}, metrics {out / 'metrics.jsonl'}, curves {out / CURVES}")
         return result
+
+
+def pixel_cross_entropy(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the pixels that are not ``IGNORE_INDEX`` (MMSegmentation's ``avg_non_ignore``);
+    a batch whose crops are all ignored contributes zero loss and zero gradient, not 0 / 0 = NaN."""
+    total = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (masks != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def _next_multiple(done: int, interval: int) -> int:

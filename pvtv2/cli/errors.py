@@ -1,0 +1,65 @@
+"""How the ``pvt`` command reports what went wrong: one sentence and an exit status per kind of failure.
+
+:func:`pvtv2.cli.main.main` catches the exceptions in :data:`REPORTED` and prints :func:`describe_failure`
+of them; everything else is a bug and keeps its traceback (as do these with ``--debug``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import Interrupted, PvtError
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "PVT_DEBUG"
+
+# What a user's input or machine causes: our own errors, the operating system's (a folder that cannot be
+# written, a full disk, a missing file), running out of memory, and Ctrl-C.
+REPORTED = (PvtError, OSError, torch.OutOfMemoryError, KeyboardInterrupt)
+
+# torch re-raises an exception of a DataLoader worker process as the same type, its message replaced by
+# "Caught X in DataLoader worker process N.\nOriginal Traceback ...": the original message ends that text.
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+@dataclass(frozen=True)
+class Failure:
+    text: str  # what follows "pvt COMMAND: "
+    exit_code: int
+
+
+def describe_failure(error: BaseException) -> Failure:
+    """The line a user sees for ``error`` (one of :data:`REPORTED`) and the command's exit status."""
+    if isinstance(error, KeyboardInterrupt):
+        return Failure("interrupted", Interrupted.exit_code)
+    if isinstance(error, Interrupted):
+        return Failure(f"interrupted; {error}", error.exit_code)
+    if isinstance(error, PvtError):
+        return Failure(f"error: {original_message(error)}", error.exit_code)
+    if isinstance(error, torch.OutOfMemoryError):
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
+        return Failure(f"error: {first_line.rstrip('.')}; lower batch_size (or the image size), or train with "
+                       f"--amp bf16 or --grad_checkpointing true", 1)
+    return Failure(f"error: {_os_error_text(error)}", 2)
+
+
+def original_message(error: BaseException) -> str:
+    """``error``'s message, without the wrapping a DataLoader worker process adds to it."""
+    text = str(error)
+    if _WORKER_TRACEBACK not in text:
+        return text
+    kind = type(error)
+    for prefix in (f"\n{kind.__module__}.{kind.__qualname__}: ", f"\n{kind.__qualname__}: "):
+        at = text.rfind(prefix)
+        if at >= 0:
+            return text[at + len(prefix):].strip()
+    return text
+
+
+def _os_error_text(error: OSError) -> str:
+    if error.filename is None or not error.strerror:
+        return original_message(error)
+    target = f"{error.filename} -> {error.filename2}" if error.filename2 else str(error.filename)
+    return f"{error.strerror.lower()}: {target}; check that the path exists and that you may read or write it"
