@@ -299,6 +299,36 @@ def test_export_refuses_a_negative_class_count(tmp_path: Path, capsys: pytest.Ca
     assert not (tmp_path / "b0.onnx").exists()
 
 
+@pytest.mark.parametrize("content, words", [
+    (b"model: [\n", "is not valid YAML: expected the node content, but found '<stream end>' at line 2, column 1"),
+    (b"- 1\n- 2\n", "must be a mapping of sections, got list"),
+])
+def test_a_broken_config_file_is_one_line(tmp_path: Path, content: bytes, words: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_bytes(content)
+    status, err = run(["train", "--config", str(config)], capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert_one_sentence(err, "train", f"config file {config}", words)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"hello, not weights", "neither a PyTorch zip archive nor a pickle"),
+    (b"PK\x03\x04 torn zip", "PytorchStreamReader failed reading zip archive: not a ZIP archive"),
+])
+def test_a_damaged_checkpoint_is_one_short_line(tmp_path: Path, content: bytes, words: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(content)
+    for command in (["train", "--config", str(DIGITS), "--resume", str(damaged), "--output_dir", str(tmp_path / "o")],
+                    ["train", "--config", str(DIGITS), "--pretrained", str(damaged), "--output_dir", str(tmp_path / "o")]):
+        status, err = run(command, capsys)
+        assert status == 2
+        assert_one_sentence(err, "train", f"cannot read checkpoint {damaged} (damaged, truncated or not a checkpoint): "
+                                          f"{words}")
+        assert "If you are seeing this error" not in err
+
+
 # -- 6. training semantics at the edges ----------------------------------------------------------------------
 
 def test_a_scaled_lr_below_min_lr_clamps_the_schedule_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:

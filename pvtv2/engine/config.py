@@ -125,7 +125,7 @@ class Config:
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(error)}") from error
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"cannot read config file {path}: {error}") from error
         if not isinstance(data, Mapping):
@@ -257,6 +257,15 @@ def _number(value: Any, annotation: type, key: str) -> int | float:
     if not isinstance(number, (int, float)) or (annotation is int and not isinstance(number, int)):
         raise ConfigError(f"{key} must be {'an integer' if annotation is int else 'a number'}, got {value!r}")
     return annotation(number)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong and where (its message spans several, with a caret)."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem is None or mark is None:
+        return " ".join(str(error).split())
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 def _check_known(given: Mapping[str, Any], known: Iterable[str], what: str, source: str) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.loading import CheckpointError
+from ..models.loading import CheckpointError, read_file
 from . import distributed
 from .distributed import DistributedEnv
 from .optim import OptimizerStep
@@ -104,15 +104,10 @@ def read_training_checkpoint(path: str | Path, task: str | None = None) -> dict[
     """A checkpoint written by :func:`atomic_save` during training (of ``task``, when given); a clear error
     for a damaged file, a file of another kind, or another task's checkpoint."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a truncated or foreign file
-        raise CheckpointError(
-            f"cannot read checkpoint {path} (damaged, truncated or not a checkpoint): {error}"
-        ) from error
-    if not isinstance(state, dict) or FORMAT_KEY not in state:
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; a training checkpoint is a file (last.pth, best.pth)")
+    state = dict(read_file(path))  # a clear error for a missing, damaged or foreign file
+    if FORMAT_KEY not in state:
         command = TASKS.get(task or "classification")
         raise CheckpointError(
             f"{path} is not a training checkpoint of {command} (no {FORMAT_KEY!r} entry); to start from its "

@@ -94,10 +94,21 @@ def read_file(source: str | os.PathLike) -> Mapping:
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch and safetensors raise many types for a damaged file
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+        raise CheckpointError(f"cannot read checkpoint {path} (damaged, truncated or not a checkpoint): "
+                              f"{load_failure(error)}") from error
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict")
     return loaded
+
+
+def load_failure(error: BaseException) -> str:
+    """Why a file could not be loaded, in a few words: the first sentence of the loader's message (torch's
+    go on for a paragraph), or what a bare one means (unpickling text fails with ``KeyError: '101'``)."""
+    text = str(error).strip()
+    first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else ""
+    if isinstance(error, (KeyError, EOFError)) or len(first) < 12:
+        return "neither a PyTorch zip archive nor a pickle"
+    return first
 
 
 def unwrap(checkpoint: Mapping) -> dict[str, torch.Tensor]:
