@@ -110,37 +110,36 @@ def train(cfg: SegmentationConfig) -> SegmentationMetrics:
         # Iterations, in stretches up to the next iteration that logs, evaluates or saves.
         result: SegmentationMetrics | None = None
         batches = iter(train_loader)
-        bar = progress_bar(env, optim.iterations * optim.accumulate_steps, "seg-train",
-                           initial=start * optim.accumulate_steps)
         done = start
-        while done < optim.iterations:
-            stretch = min(optim.iterations, _next_multiple(done, every.log_interval),
-                          _next_multiple(done, every.checkpoint_interval),
-                          _next_multiple(done, every.eval_interval) if every.eval_interval else optim.iterations)
-            stats = train_steps(train_model, islice(batches, (stretch - done) * optim.accumulate_steps), losses_of,
-                                step, env, bar, after_step=scheduler.step)
-            done = stretch
-            last = done == optim.iterations
-            record: dict[str, Any] = dict(iteration=done, **stats)
-            if last or (every.eval_interval and done % every.eval_interval == 0):
-                result = evaluate(model, val_loader, env.device, class_names, **test_kwargs)
-                record.update(val_mIoU=result.mIoU, val_mAcc=result.mAcc, val_aAcc=result.aAcc)
-                run.say(f"iteration {done}/{optim.iterations}: train loss {stats['train_loss']:.4f}, "
-                        f"held-out {result.summary()}")
-                best_miou = max(best_miou, result.mIoU)
-            save = last or done % every.checkpoint_interval == 0
-            rng = all_rng_states() if save else None
-            if records is None:  # not the main process
-                continue
-            records.append(record)
-            if save:
-                run.save(training_state(TASK, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                                        model_name=cfg.model.backbone, segmenter=cfg.model.segmenter,
-                                        class_names=class_names, config=cfg.to_dict(), iteration=done,
-                                        best=best_miou, metrics=record, rng=rng),
-                         best="val_mIoU" in record and result.mIoU == best_miou)
-                plot_curves(records.records, out / CURVES, "iteration", CURVE_PANELS)
-        bar.close()
+        with progress_bar(env, optim.iterations * optim.accumulate_steps, "seg-train",
+                           initial=start * optim.accumulate_steps) as bar:
+            while done < optim.iterations:
+                stretch = min(optim.iterations, _next_multiple(done, every.log_interval),
+                              _next_multiple(done, every.checkpoint_interval),
+                              _next_multiple(done, every.eval_interval) if every.eval_interval else optim.iterations)
+                stats = train_steps(train_model, islice(batches, (stretch - done) * optim.accumulate_steps), losses_of,
+                                    step, env, bar, after_step=scheduler.step)
+                done = stretch
+                last = done == optim.iterations
+                record: dict[str, Any] = dict(iteration=done, **stats)
+                if last or (every.eval_interval and done % every.eval_interval == 0):
+                    result = evaluate(model, val_loader, env.device, class_names, **test_kwargs)
+                    record.update(val_mIoU=result.mIoU, val_mAcc=result.mAcc, val_aAcc=result.aAcc)
+                    run.say(f"iteration {done}/{optim.iterations}: train loss {stats['train_loss']:.4f}, "
+                            f"held-out {result.summary()}")
+                    best_miou = max(best_miou, result.mIoU)
+                save = last or done % every.checkpoint_interval == 0
+                rng = all_rng_states() if save else None
+                if records is None:  # not the main process
+                    continue
+                records.append(record)
+                if save:
+                    run.save(training_state(TASK, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                                            model_name=cfg.model.backbone, segmenter=cfg.model.segmenter,
+                                            class_names=class_names, config=cfg.to_dict(), iteration=done,
+                                            best=best_miou, metrics=record, rng=rng),
+                             best="val_mIoU" in record and result.mIoU == best_miou)
+                    plot_curves(records.records, out / CURVES, "iteration", CURVE_PANELS)
 
         if result is None:  # the checkpoint had finished every iteration already
             result = evaluate(model, val_loader, env.device, class_names, **test_kwargs)
