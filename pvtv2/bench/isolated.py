@@ -28,7 +28,9 @@ from ..models import create_model
 from .machine import describe_machine
 from .memory import describe_method, measure_peak_memory
 from .peers import peer_with_weights_of, peers_of
-from .suite import FLOP_CONVENTION, OURS, BenchConfig, Log, _images, _inference_call, _load_average, _meta, _prepared
+from .suite import (
+    FLOP_CONVENTION, OURS, BenchConfig, Log, bench_images, inference_call, load_average, prepared_models, run_meta,
+)
 from .timing import interleaved_times, median, synchronizer, warm_up
 
 _STDERR_TAIL = 4000  # characters of a failed child's stderr in the error: the end of its traceback
@@ -46,7 +48,7 @@ def run_isolated(config: BenchConfig, runs: int = 3, log: Log = lambda line: Non
     """
     if runs < 1:
         raise InputError(f"runs must be at least 1, got {runs}")
-    started, load_before = time.perf_counter(), _load_average()
+    started, load_before = time.perf_counter(), load_average()
     threads_before = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)  # so the machine's description counts the children's threads
@@ -69,7 +71,7 @@ def run_isolated(config: BenchConfig, runs: int = 3, log: Log = lambda line: Non
     every_process = [p for row in rows for r in row["impls"].values() for p in r["processes"]]
     kept = bool(every_process) and all(p["freed_memory_kept"] for p in every_process)
     return dict(
-        meta=_meta(started, load_before) | {"freed_memory_kept": kept},
+        meta=run_meta(started, load_before) | {"freed_memory_kept": kept},
         config=dataclasses.asdict(config),
         machine=machine,
         flop_convention=FLOP_CONVENTION,
@@ -106,8 +108,8 @@ def time_here(impl: str, name: str, batch: int, config: BenchConfig) -> dict[str
         model = create_model(name).eval()
         if impl != OURS:
             model = peer_with_weights_of(impl, model, name, config.image_size)
-        model = _prepared({impl: model.to(config.device)}, config)[impl]
-        call = _inference_call(model, _images(batch, config.image_size, config), config)
+        model = prepared_models({impl: model.to(config.device)}, config)[impl]
+        call = inference_call(model, bench_images(batch, config.image_size, config), config)
         synchronize = synchronizer(config.device)
         warm_up({impl: call}, config.warmup, synchronize)
         memory_mb, _ = measure_peak_memory(call, config.device)  # also the last untimed call, as in the suite

@@ -126,7 +126,7 @@ def run_suite(config: BenchConfig, log: Log = lambda line: None) -> dict[str, An
 
     ``log`` receives a line of progress after each measurement (a full CPU run takes a while).
     """
-    started, load_before = time.perf_counter(), _load_average()
+    started, load_before = time.perf_counter(), load_average()
     threads_before = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -138,7 +138,7 @@ def run_suite(config: BenchConfig, log: Log = lambda line: None) -> dict[str, An
             results = _run(config, log)
     finally:
         torch.set_num_threads(threads_before)
-    return {"meta": _meta(started, load_before) | {"freed_memory_kept": kept}} | results
+    return {"meta": run_meta(started, load_before) | {"freed_memory_kept": kept}} | results
 
 
 def _run(config: BenchConfig, log: Log) -> dict[str, Any]:
@@ -180,7 +180,7 @@ def _eager_models(name: str, device: str, image_size: int) -> dict[str, nn.Modul
     return {impl: model.to(device) for impl, model in models.items()}
 
 
-def _prepared(models: Mapping[str, nn.Module], config: BenchConfig) -> dict[str, nn.Module]:
+def prepared_models(models: Mapping[str, nn.Module], config: BenchConfig) -> dict[str, nn.Module]:
     """The models as benchmarked: channels-last and/or compiled as ``config`` says."""
     if config.compile:
         # Start each measurement from an empty cache, so every implementation is compiled for this one
@@ -194,7 +194,7 @@ def _prepared(models: Mapping[str, nn.Module], config: BenchConfig) -> dict[str,
     return prepared
 
 
-def _images(batch: int, size: int, config: BenchConfig) -> torch.Tensor:
+def bench_images(batch: int, size: int, config: BenchConfig) -> torch.Tensor:
     images = torch.randn(batch, 3, size, size, device=config.device)
     return images.contiguous(memory_format=torch.channels_last) if config.channels_last else images
 
@@ -203,7 +203,7 @@ def _autocast(config: BenchConfig) -> torch.autocast:
     return torch.autocast(config.device, dtype=torch.bfloat16, enabled=config.amp == "bf16")
 
 
-def _inference_call(model: nn.Module, images: torch.Tensor, config: BenchConfig) -> Callable[[], torch.Tensor]:
+def inference_call(model: nn.Module, images: torch.Tensor, config: BenchConfig) -> Callable[[], torch.Tensor]:
     def call() -> torch.Tensor:
         with torch.inference_mode(), _autocast(config):
             return model(images)
@@ -229,8 +229,8 @@ def _training_call(model: nn.Module, images: torch.Tensor, config: BenchConfig) 
 def _measure_inference(
     name: str, models: Mapping[str, nn.Module], batch: int, config: BenchConfig, peak: float
 ) -> dict[str, Any]:
-    images = _images(batch, config.image_size, config)
-    calls = {impl: _inference_call(model, images, config) for impl, model in _prepared(models, config).items()}
+    images = bench_images(batch, config.image_size, config)
+    calls = {impl: inference_call(model, images, config) for impl, model in prepared_models(models, config).items()}
     return _timed_row(name, "inference", batch, config.image_size, calls, config, peak, flops_factor=2)
 
 
@@ -239,8 +239,8 @@ def _measure_training(
 ) -> dict[str, Any]:
     # Copies, so that training steps leave the inference models' weights alone.
     copies = {impl: copy.deepcopy(model).train() for impl, model in models.items()}
-    images = _images(batch, config.image_size, config)
-    calls = {impl: _training_call(model, images, config) for impl, model in _prepared(copies, config).items()}
+    images = bench_images(batch, config.image_size, config)
+    calls = {impl: _training_call(model, images, config) for impl, model in prepared_models(copies, config).items()}
     return _timed_row(name, "training", batch, config.image_size, calls, config, peak, flops_factor=6)
 
 
@@ -299,8 +299,8 @@ def _measure_sweep(name: str, config: BenchConfig, peak: float, log: Log) -> lis
             peer: peer_with_weights_of(peer, ours, name, size).to(config.device)
             for peer in peers_of(name) if peer in rebuilt
         }
-        images = _images(1, size, config)
-        calls = {impl: _inference_call(model, images, config) for impl, model in _prepared(models, config).items()}
+        images = bench_images(1, size, config)
+        calls = {impl: inference_call(model, images, config) for impl, model in prepared_models(models, config).items()}
         rows.append(_timed_row(name, "inference", 1, size, calls, config, peak, flops_factor=2,
                                rounds=config.sweep_rounds))
         log(_progress(rows[-1]))
@@ -339,7 +339,7 @@ def _progress(row: dict[str, Any]) -> str:
     return f"{row['model']} {row['task']} batch {row['batch']} at {row['image_size']} px: {rates}"
 
 
-def _load_average() -> float | None:
+def load_average() -> float | None:
     """The 1-minute load average: other processes competing for the cores make figures noisy."""
     try:
         return os.getloadavg()[0]
@@ -347,7 +347,7 @@ def _load_average() -> float | None:
         return None
 
 
-def _meta(started: float, load_before: float | None) -> dict[str, Any]:
+def run_meta(started: float, load_before: float | None) -> dict[str, Any]:
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for package in ("pvtv2", "timm", "transformers"):
         try:
@@ -359,5 +359,5 @@ def _meta(started: float, load_before: float | None) -> dict[str, Any]:
         versions=versions,
         platform=platform.platform(),
         elapsed_s=time.perf_counter() - started,
-        load_average=dict(before=load_before, after=_load_average()),
+        load_average=dict(before=load_before, after=load_average()),
     )
