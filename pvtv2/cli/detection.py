@@ -1,14 +1,17 @@
-"""pvt det-train, det-eval, det-predict: RetinaNet and Mask R-CNN with PVT backbones on COCO-format data.
+"""pvt det-train, det-eval, det-predict: RetinaNet, Mask R-CNN, ATSS and GFL with PVT backbones on COCO-format data.
 
   pvt det-train --config configs/detection/shapes_mask_rcnn_pvt_v2_b0.yaml      # offline: generated shapes
   pvt det-train --config configs/detection/mask_rcnn_pvt_v2_b2_1x.yaml --root /data/coco --pretrained official
   torchrun --nproc_per_node 8 -m pvtv2 det-train --config configs/detection/retinanet_pvt_v2_b2_1x.yaml
+  torchrun --nproc_per_node 8 -m pvtv2 det-train --config configs/detection/gfl_pvt_v2_b2_3x.yaml --root /data/coco
   pvt det-eval --checkpoint runs/detection/shapes_mask_rcnn_pvt_v2_b0/last.pth
   pvt det-predict scene.png --checkpoint runs/detection/shapes_mask_rcnn_pvt_v2_b0/last.pth --out result.png
 
 det-train: every config key can be overridden as --key value or --section.key value (see
 `pvt det-train --help`); the output folder gets last.pth, best.pth (highest box AP), metrics.jsonl (one
-JSON line per epoch: losses, lr, throughput, COCO AP figures) and the resolved config.yaml.
+JSON line per epoch: losses, lr, throughput, COCO AP figures) and the resolved config.yaml. The config's lr
+is for a total batch of lr_base_batch (16) and scales with the run's total batch; --train_augment official|paper
+picks the 3x multi-scale recipe (the official configs' or the paper's text).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from .common import CommandError, add_config_arguments, run_training
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
-        "det-train", help="train a RetinaNet or Mask R-CNN with a PVT backbone from a YAML config",
+        "det-train", help="train a RetinaNet, Mask R-CNN, ATSS or GFL with a PVT backbone from a YAML config",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="pvt det-train --config YAML [--print-config] [--KEY VALUE ...]",
     )

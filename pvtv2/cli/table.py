@@ -29,8 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list of objects")
     parser.add_argument(
         "--task", choices=TASKS, default="classification",
-        help="classification: ImageNet models at 224x224 (default); detection: RetinaNet and Mask R-CNN at "
-             "1280x800; segmentation: Semantic FPN at 512x512",
+        help="classification: ImageNet models at 224x224 (default); detection: RetinaNet and Mask R-CNN "
+             "(Table 3), ATSS and GFL (Table 4) at 1280x800; segmentation: Semantic FPN at 512x512",
     )
     parser.set_defaults(handler=run)
 

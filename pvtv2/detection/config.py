@@ -5,6 +5,8 @@ Sections ``model``, ``data``, ``optim``, ``run``; loading, overrides and validat
 (``training_recipes.coco`` in the paper reference): AdamW, lr 1e-4 for a total batch of 16, weight decay
 1e-4, 12 epochs with the lr divided by 10 after epochs 8 and 11, a linear warm-up of 500 iterations,
 images resized to a shorter side of 800 and a longer side of at most 1333, flipped with probability 0.5.
+The lr is for a total batch of ``lr_base_batch`` (16) and scales linearly with the run's total batch
+(:func:`resolved_lr`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from typing import Literal
 
 from ..engine.config import Config, ConfigError, RunSection, checked
 
+GROUP_NORM_GROUPS = 32  # ATSS's and GFL's head towers: GroupNorm(32), as MMDetection's
+
 
 @dataclass
 class DetModelConfig:
-    detector: Literal["retinanet", "mask_rcnn"] = "mask_rcnn"
+    # atss, gfl: Table 4's one-stage detectors (the official configs' heads, assigner and losses).
+    detector: Literal["retinanet", "mask_rcnn", "atss", "gfl"] = "mask_rcnn"
     backbone: str = "pvt_v2_b2"
     # Backbone weights to start from: a checkpoint (official, timm, HF, or a detector's) or "official".
     pretrained: str | None = None
@@ -26,7 +31,8 @@ class DetModelConfig:
     fpn_channels: int = checked(256, min=1)
     box_head_channels: int = checked(1024, min=1)
     mask_head_channels: int = checked(256, min=1)
-    # One anchor base size per FPN level; null: torchvision's defaults for 800-pixel images.
+    # One anchor base size per FPN level; null: the paper's for 800-pixel images (RetinaNet and Mask R-CNN
+    # 32-512, x 3 octave scales for RetinaNet; ATSS and GFL 64-1024, octave base scale 8 x strides 8-128).
     anchor_sizes: tuple[int, int, int, int, int] | None = checked(None, min=1, ordered=True)
     # Mask R-CNN sampling: RoIs per image for the box head; RPN proposals per level before NMS and per
     # image after it (train, test).
@@ -46,8 +52,12 @@ class DetDataConfig:
     root: str = "data/coco"
     train_split: str = "train2017"
     val_split: str = "val2017"
-    # Training shorter side, drawn uniformly from [low, high]: (800, 800) for 1x, (640, 800) for 3x.
+    # Training shorter side (low, high): (800, 800) for 1x, (640, 800) for 3x (multi-scale).
     train_min_size: tuple[int, int] = checked((800, 800), min=1, ordered=True)
+    # Multi-scale training (low < high): "official", the official 3x configs' choice of (a) a shorter side of
+    # 480-800 step 32, or (b) 400/500/600, a random 384-600 crop, then (a) (sizes x high / 800);
+    # "paper", a shorter side drawn uniformly from [low, high] as section 5.2 says. Single scale: the same.
+    train_augment: Literal["official", "paper"] = "official"
     min_size: int = checked(800, min=1)  # evaluation shorter side
     max_size: int = checked(1333, min=1)  # longer side, training and evaluation
     hflip: float = checked(0.5, min=0, max=1)
@@ -64,8 +74,14 @@ class DetOptimConfig:
     batch_size: int = checked(2, min=1)  # per process: 8 GPUs x 2 = 16 images per step in the paper
     # Batches whose gradients are summed before each optimizer step (batch_size x processes x this = total).
     accumulate_steps: int = checked(1, min=1)
-    lr: float = checked(1e-4, above=0)  # for the whole batch; not scaled with the processes (as MMDetection)
+    lr: float = checked(1e-4, above=0)  # for a total batch of lr_base_batch
+    # The total batch lr is for: the run uses lr x total batch / lr_base_batch (the linear scaling rule), so
+    # 1 or 4 GPUs follow the paper's 8 x 2 schedule; null: lr as given, whatever the batch.
+    lr_base_batch: int | None = checked(16, min=1)
     weight_decay: float = checked(1e-4, min=0)
+    # No weight decay on the parameters whose name holds "norm" (the backbone's LayerNorms), as the official
+    # 3x configs' paramwise_cfg; false: decay on every parameter, as the official 1x configs.
+    no_decay_norms: bool = False
     # Epochs after which the lr is multiplied by lr_gamma.
     lr_steps: tuple[int, int] = checked((8, 11), min=0, ordered=True)
     lr_gamma: float = checked(0.1, above=0)
@@ -94,3 +110,16 @@ class DetectionConfig(Config):
         if self.data.min_size > self.data.max_size:
             raise ConfigError(f"data.min_size ({self.data.min_size}) must not exceed data.max_size "
                               f"({self.data.max_size})")
+        dense = self.model.detector in ("atss", "gfl")
+        if dense and self.model.fpn_channels % GROUP_NORM_GROUPS:
+            raise ConfigError(f"model.fpn_channels must be a multiple of {GROUP_NORM_GROUPS} for {self.model.detector} "
+                              f"(its head's GroupNorm has {GROUP_NORM_GROUPS} groups), got {self.model.fpn_channels}")
+
+
+def resolved_lr(optim: DetOptimConfig, world_size: int) -> tuple[float, int]:
+    """The lr a run of ``world_size`` processes trains with, and its total batch (batch_size x processes x
+    accumulated batches): ``lr x total / lr_base_batch``, or ``lr`` itself when ``lr_base_batch`` is null."""
+    total = optim.batch_size * world_size * optim.accumulate_steps
+    if optim.lr_base_batch is None:
+        return optim.lr, total
+    return optim.lr * total / optim.lr_base_batch, total

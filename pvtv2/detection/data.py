@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 from ..data import DatasetError, open_rgb
 from ..data.shapes import write_coco_shapes
 from ..errors import InputError
+from .augment import official_multiscale
 from .coco_format import load_coco
 
 if TYPE_CHECKING:
@@ -155,14 +156,27 @@ def read_image(path: str | Path) -> torch.Tensor:
     return v2.functional.pil_to_tensor(open_rgb(path))
 
 
-def train_transform(min_size: tuple[int, int] = (800, 800), max_size: int = 1333, hflip: float = 0.5) -> v2.Compose:
-    """Resize to a shorter side drawn from ``min_size = (low, high)`` and a longer side <= ``max_size``,
-    flip, scale to [0, 1]; boxes left degenerate by the resize are dropped with their labels and masks."""
+def train_transform(min_size: tuple[int, int] = (800, 800), max_size: int = 1333, hflip: float = 0.5,
+                    augment: str = "paper") -> v2.Compose:
+    """Resize, flip, scale to [0, 1]; boxes left degenerate by the resize (or crop) are dropped with their
+    labels and masks. The resize, for ``min_size = (low, high)`` and a longer side <= ``max_size``:
+
+    * ``augment="paper"``, or ``low == high``: a shorter side drawn uniformly from ``[low, high]`` (section
+      5.2's text: 800 for 1x, 640-800 for 3x; the official 1x configs' single scale);
+    * ``augment="official"`` with ``low < high``: the official 3x configs' choice between two multi-scale
+      policies (:func:`pvtv2.detection.augment.official_multiscale`), its sizes scaled by ``high / 800``.
+    """
     low, high = min_size
     if not 0 < low <= high:
         raise InputError(f"the training shorter side range must be 0 < low <= high, got {min_size}")
+    if augment not in ("paper", "official"):
+        raise InputError(f"the training augmentation must be 'paper' or 'official', got {augment!r}")
+    if augment == "official" and low < high:
+        resize: v2.Transform = official_multiscale(high, max_size)
+    else:
+        resize = v2.RandomShortestSize(list(range(low, high + 1)), max_size=max_size, antialias=True)
     return v2.Compose([
-        v2.RandomShortestSize(list(range(low, high + 1)), max_size=max_size, antialias=True),
+        resize,
         v2.RandomHorizontalFlip(hflip),
         v2.ToDtype(torch.float32, scale=True),
         v2.SanitizeBoundingBoxes(min_size=MIN_BOX_SIDE),
@@ -206,7 +220,7 @@ def build_datasets(cfg: DetectionConfig) -> tuple[CocoDetection, CocoDetection]:
         ensure_shapes(data.root, data.shapes_train, data.shapes_val, data.shapes_size, seed=cfg.run.seed)
     train_paths, val_paths = split_paths(data.root, data.train_split), split_paths(data.root, data.val_split)
     train_set = CocoDetection(train_paths.images, train_paths.annotations,
-                              train_transform(data.train_min_size, data.max_size, data.hflip),
+                              train_transform(data.train_min_size, data.max_size, data.hflip, data.train_augment),
                               with_masks=with_masks, skip_empty=True)
     val_set = CocoDetection(val_paths.images, val_paths.annotations, eval_transform(), with_masks=with_masks)
     if train_set.category_ids != val_set.category_ids:

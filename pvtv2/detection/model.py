@@ -1,16 +1,21 @@
-"""PVT backbones under torchvision's RetinaNet and Mask R-CNN, with an FPN neck, as in section 5.2.
+"""PVT backbones under torchvision's RetinaNet and Mask R-CNN (section 5.2) and under ATSS and GFL (Table 4),
+with an FPN neck.
 
 The detectors are composed from torchvision's pieces (FeaturePyramidNetwork, anchor generators, heads,
-losses, NMS, RoIAlign); only the backbone adapter is ours. The necks follow the paper's MMDetection
-configs:
+losses, NMS, RoIAlign); ours are the backbone adapter and, for ATSS and GFL, what torchvision lacks
+(:mod:`pvtv2.detection.dense_heads`). The necks follow the paper's MMDetection configs:
 
 * RetinaNet: FPN on strides 8, 16, 32 (C3-C5, ``start_level=1``) and two extra levels P6, P7 computed
   from C5 (``add_extra_convs='on_input'``): 5 levels of 256 channels, 9 anchors per place.
+* ATSS, GFL: the same FPN, with P6 computed from P5's output (``add_extra_convs='on_output'``); one
+  anchor per place.
+* All three: P7 is a stride-2 conv of P6 itself, with no ReLU between (MMDetection's
+  ``relu_before_extra_convs=False``; torchvision's ``LastLevelP6P7`` puts one there).
 * Mask R-CNN: FPN on all four levels (C2-C5) plus a max-pooled P6 for the RPN; torchvision's v1 heads
   (RPN conv, two-fc box head, four-conv mask head, no GroupNorm), as MMDetection's.
 
 Targets use labels 1..K for K classes; 0 is Mask R-CNN's background and a class RetinaNet never sees,
-so both detectors read the same targets (both heads get K + 1 outputs).
+so both detectors read the same targets (both heads get K + 1 outputs; ATSS's and GFL's get K).
 """
 
 from __future__ import annotations
@@ -32,16 +37,20 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from ..errors import InputError
 from ..models import create_model
+from .dense_heads import ATSS, GFL, GFL_REG_MAX, GROUP_NORM_GROUPS, DenseHead, LevelAnchorGenerator
 
 if TYPE_CHECKING:
     from .config import DetDataConfig, DetModelConfig
 
-DETECTORS = ("retinanet", "mask_rcnn")
-Detector = Literal["retinanet", "mask_rcnn"]
+DETECTORS = ("retinanet", "mask_rcnn", "atss", "gfl")
+Detector = Literal["retinanet", "mask_rcnn", "atss", "gfl"]
+DENSE = ("retinanet", "atss", "gfl")  # one-stage: FPN on C3-C5 plus P6, P7
 
 # Anchor base sizes per FPN level at the paper's scale (shorter side 800): torchvision's defaults, which are
-# MMDetection's (RetinaNet: octave base 4 x strides 8..128; Mask R-CNN: scale 8 x strides 4..64).
-DEFAULT_ANCHOR_SIZES = {"retinanet": (32, 64, 128, 256, 512), "mask_rcnn": (32, 64, 128, 256, 512)}
+# MMDetection's (RetinaNet: octave base 4 x strides 8..128; Mask R-CNN: scale 8 x strides 4..64), and the
+# official ATSS and GFL configs' (octave base scale 8 x strides 8..128, one scale, ratio 1).
+DEFAULT_ANCHOR_SIZES = {"retinanet": (32, 64, 128, 256, 512), "mask_rcnn": (32, 64, 128, 256, 512),
+                        "atss": (64, 128, 256, 512, 1024), "gfl": (64, 128, 256, 512, 1024)}
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 RETINANET_SCALES_PER_OCTAVE = 3
 
@@ -61,16 +70,23 @@ class PyramidBackboneWithFPN(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
 
 
-class LastLevelP6P7FromC5(LastLevelP6P7):
-    """RetinaNet's P6 (stride-2 conv of C5) and P7 (stride-2 conv of ReLU(P6)), MMDetection's ``on_input``.
+class ExtraLevelsP6P7(LastLevelP6P7):
+    """P6, a stride-2 conv of C5 (RetinaNet, MMDetection's ``on_input``) or of P5 (ATSS, GFL: ``on_output``),
+    and P7, a stride-2 conv of P6 with no ReLU before it (MMDetection's ``relu_before_extra_convs=False``).
 
     torchvision's block takes P5 instead of C5 whenever their widths agree, which would change the neck of
-    backbones with 256-channel C5 (PVTv2-B0) under a 256-channel FPN; this one always takes C5.
+    backbones with 256-channel C5 (PVTv2-B0) under a 256-channel FPN, and applies ReLU to P6 before P7;
+    this one takes what it is told and no ReLU. Same convs (``p6``, ``p7``), so the same weights load.
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, from_p5: bool = False) -> None:
         super().__init__(in_channels, out_channels)
-        self.use_P5 = False
+        self.use_P5 = from_p5
+
+    def forward(self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]) -> tuple[list[torch.Tensor], list[str]]:
+        p6 = self.p6(p[-1] if self.use_P5 else c[-1])
+        p7 = self.p7(p6)
+        return [*p, p6, p7], [*names, "p6", "p7"]
 
 
 def build_backbone(
@@ -83,13 +99,15 @@ def build_backbone(
 ) -> PyramidBackboneWithFPN:
     """PVT ``backbone`` with the FPN neck of detector ``kind`` (see the module docstring)."""
     _check_kind(kind)
-    out_indices = (1, 2, 3) if kind == "retinanet" else (0, 1, 2, 3)
+    out_indices = (1, 2, 3) if kind in DENSE else (0, 1, 2, 3)
     body = create_model(backbone, features_only=True, out_indices=out_indices, pretrained=pretrained_backbone,
                         drop_path_rate=drop_path_rate)
     channels = body.feature_info.channels()
     if kind == "retinanet":
         # P6 from C5 ("on_input"): the extra block sees C5's channels, not P5's.
-        extra: nn.Module = LastLevelP6P7FromC5(channels[-1], fpn_channels)
+        extra: nn.Module = ExtraLevelsP6P7(channels[-1], fpn_channels)
+    elif kind in DENSE:
+        extra = ExtraLevelsP6P7(fpn_channels, fpn_channels, from_p5=True)  # "on_output"
     else:
         extra = LastLevelMaxPool()
     fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=extra)
@@ -112,15 +130,16 @@ def build_detector(
     mask_head_channels: int = 256,
     **detector_kwargs: Any,
 ) -> nn.Module:
-    """RetinaNet or Mask R-CNN with PVT ``backbone`` and an FPN, for ``num_classes`` object classes.
+    """RetinaNet, Mask R-CNN, ATSS or GFL with PVT ``backbone`` and an FPN, for ``num_classes`` object classes.
 
     ``min_size``/``max_size``: evaluation images are resized to a shorter side of ``min_size`` (the last
     one when several) and a longer side of at most ``max_size``; training images are resized by the data
     pipeline (:mod:`pvtv2.detection.data`) and enter the model as they are. ``anchor_sizes``: one base
-    size per FPN level (default: torchvision's, for 800-pixel images). ``fpn_channels``,
+    size per FPN level (default: the paper's, for 800-pixel images). ``fpn_channels``,
     ``box_head_channels`` and ``mask_head_channels`` default to the paper's (256, 1024, 256); smaller
-    values make quick models for small images. Other keywords go to torchvision's detector
-    (``score_thresh``, ``box_batch_size_per_image``, ``rpn_post_nms_top_n_train``...).
+    values make quick models for small images (``box_head_channels`` and ``mask_head_channels`` are Mask
+    R-CNN's only). Other keywords go to torchvision's detector (``score_thresh``, ``nms_thresh``,
+    ``detections_per_img``, ``box_batch_size_per_image``...; ATSS and GFL: :class:`DenseDetector`'s).
     """
     _check_kind(kind)
     if num_classes < 1:
@@ -134,9 +153,19 @@ def build_detector(
     common = dict(min_size=min_sizes, max_size=max_size, _skip_resize=True, **detector_kwargs)
     if kind == "retinanet":
         octave = [2 ** (i / RETINANET_SCALES_PER_OCTAVE) for i in range(RETINANET_SCALES_PER_OCTAVE)]
-        anchors = AnchorGenerator(tuple(tuple(s * o for o in octave) for s in sizes), (ASPECT_RATIOS,) * len(sizes))
+        anchors: AnchorGenerator = LevelAnchorGenerator([[s * o for o in octave] for s in sizes],
+                                                        [ASPECT_RATIOS] * len(sizes))
         head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1)
         return RetinaNet(body_and_neck, num_classes + 1, anchor_generator=anchors, head=head, **common)
+    if kind in ("atss", "gfl"):
+        if fpn_channels % GROUP_NORM_GROUPS:
+            raise InputError(f"{kind}'s head has GroupNorm({GROUP_NORM_GROUPS}): fpn_channels must be a multiple of "
+                             f"{GROUP_NORM_GROUPS}, got {fpn_channels}")
+        anchors = LevelAnchorGenerator([[s] for s in sizes], [[1.0]] * len(sizes))  # one per place
+        if kind == "atss":
+            dense_head = DenseHead(fpn_channels, num_classes, 4, with_centerness=True)
+            return ATSS(body_and_neck, dense_head, anchors, **common)
+        return GFL(body_and_neck, DenseHead(fpn_channels, num_classes, 4 * (GFL_REG_MAX + 1)), anchors, **common)
 
     anchors = AnchorGenerator(tuple((s,) for s in sizes), (ASPECT_RATIOS,) * len(sizes))
     box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_channels)
@@ -169,7 +198,7 @@ def build_from_config(model: DetModelConfig, data: DetDataConfig, num_classes: i
     """The detector a training config describes; ``pretrained=False`` leaves out the backbone weights
     (when a detector checkpoint is loaded over it anyway)."""
     weights = model.pretrained if pretrained else None  # "official", a checkpoint path, or None
-    kwargs: dict[str, Any] = dict(detections_per_img=model.detections_per_img) if model.detector == "retinanet" else dict(
+    kwargs: dict[str, Any] = dict(detections_per_img=model.detections_per_img) if model.detector in DENSE else dict(
         box_detections_per_img=model.detections_per_img, box_batch_size_per_image=model.box_batch_size_per_image,
         rpn_pre_nms_top_n_train=model.rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test=model.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_train=model.rpn_post_nms_top_n_train, rpn_post_nms_top_n_test=model.rpn_post_nms_top_n_test,

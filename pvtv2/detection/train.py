@@ -18,12 +18,12 @@ from ..data import DatasetError
 from ..engine.distributed import shard, wrap_model
 from ..engine.loop import progress_bar, train_steps
 from ..engine.metrics import CURVES, plot_curves
-from ..engine.optim import OptimizerStep
+from ..engine.optim import OptimizerStep, adamw_by_name
 from ..engine.run import start_run
 from ..engine.schedules import StepWithWarmup
 from ..engine.training_state import all_rng_states, resume, training_state
 from ..models.complexity import count_params
-from .config import DetectionConfig
+from .config import DetectionConfig, DetOptimConfig, resolved_lr
 from .data import build_datasets, collate
 from .evaluate import evaluate, summary
 from .model import build_from_config
@@ -58,7 +58,8 @@ def train(cfg: DetectionConfig) -> dict[str, float]:
         # Model, optimizer, schedule.
         model = build_from_config(cfg.model, cfg.data, len(class_names)).to(env.device)
         train_model = wrap_model(model, env)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        lr, total_batch = resolved_lr(optim, env.world_size)
+        optimizer = adamw_by_name(model, lr, optim.weight_decay, ("norm",) if optim.no_decay_norms else ())
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, StepWithWarmup(
             [s * steps_per_epoch for s in optim.lr_steps], optim.lr_gamma, optim.warmup_iters, optim.warmup_ratio))
         step = OptimizerStep(train_model, optimizer, env.device, cfg.run.amp, clip_grad=optim.clip_grad,
@@ -70,7 +71,7 @@ def train(cfg: DetectionConfig) -> dict[str, float]:
         start_epoch, best_ap = (resumed[1]["epoch"], resumed[1]["best"]) if resumed else (0, -1.0)
         run.banner(model=model_name, params=count_params(model), classes=len(class_names), data=cfg.data.root,
                    train_size=len(train_set), val_size=len(val_set), batch=optim.batch_size,
-                   accumulate_steps=optim.accumulate_steps, precision=step.precision, optimizer=f"lr {optim.lr:g}",
+                   accumulate_steps=optim.accumulate_steps, precision=step.precision, optimizer=_lr_words(lr, optim, total_batch),
                    schedule=f"{steps_per_epoch} steps per epoch, {optim.epochs} epochs",
                    resumed=resumed and f"resumed from {resumed[0]} after epoch {start_epoch}")
         records = run.start_records(cfg, start_epoch)
@@ -113,3 +114,11 @@ def train(cfg: DetectionConfig) -> dict[str, float]:
         run.say(f"held-out: {summary(metrics)}")
         run.say(f"checkpoint {out / 'last.pth'}, metrics {out / 'metrics.jsonl'}, curves {out / CURVES}")
         return metrics
+
+
+def _lr_words(lr: float, optim: DetOptimConfig, total_batch: int) -> str:
+    """The resolved lr as the banner shows it, with how it follows from the config."""
+    decay = f", weight decay {optim.weight_decay:g}" + (" (none on norms)" if optim.no_decay_norms else "")
+    if optim.lr_base_batch is None:
+        return f"AdamW lr {lr:g} (not scaled with the batch){decay}"
+    return f"AdamW lr {lr:g} (= {optim.lr:g} x total batch {total_batch} / {optim.lr_base_batch}){decay}"

@@ -6,7 +6,7 @@ training, so CPU runs are float32 whatever the config says.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
@@ -37,6 +37,19 @@ def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW
     no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
     groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay)
     return torch.optim.AdamW(groups, lr=lr)
+
+
+def adamw_by_name(model: nn.Module, lr: float, weight_decay: float, no_decay: Sequence[str] = ()) -> torch.optim.AdamW:
+    """AdamW with weight decay on every parameter but those whose name contains one of ``no_decay``: MMCV's
+    ``paramwise_cfg=dict(custom_keys={key: dict(decay_mult=0.)})``, as the official detection configs set it
+    (``"norm"`` in the 3x ones, nothing in the 1x ones)."""
+    if not no_decay:
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    decayed, exempt = [], []
+    for name, parameter in model.named_parameters():
+        (exempt if any(key in name for key in no_decay) else decayed).append(parameter)
+    return torch.optim.AdamW([{"params": decayed}, {"params": exempt, "weight_decay": 0.0}], lr=lr,
+                             weight_decay=weight_decay)
 
 
 class OptimizerStep:
