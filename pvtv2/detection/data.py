@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -28,9 +28,8 @@ from ..data.shapes import write_coco_shapes
 from ..errors import InputError
 from .augment import official_multiscale
 from .coco_format import load_coco
+from .config import DetectionConfig
 
-if TYPE_CHECKING:
-    from .config import DetectionConfig
 
 logger = logging.getLogger("pvtv2")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -37,10 +37,9 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from ..errors import InputError
 from ..models import create_model
+from .config import DetDataConfig, DetModelConfig
 from .dense_heads import ATSS, GFL, GFL_REG_MAX, GROUP_NORM_GROUPS, DenseHead, LevelAnchorGenerator
 
-if TYPE_CHECKING:
-    from .config import DetDataConfig, DetModelConfig
 
 DETECTORS = ("retinanet", "mask_rcnn", "atss", "gfl")
 Detector = Literal["retinanet", "mask_rcnn", "atss", "gfl"]

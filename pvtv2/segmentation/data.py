@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,9 +33,7 @@ from torchvision import tv_tensors
 
 from ..data import DatasetError, open_rgb
 from ..data.shapes import write_segmentation_shapes
-
-if TYPE_CHECKING:
-    from .config import SegmentationConfig
+from .config import SegmentationConfig
 
 logger = logging.getLogger("pvtv2")
 DEFAULT_SHAPES_ROOT = "data/shapes-seg"
