@@ -25,7 +25,8 @@ def test_models_lists_every_model(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "models")
     assert code == 0
     assert out.split() == list_models()
-    assert len(out.splitlines()) == 11
+    # The papers' 11 models and linear SRA for the 5 other PVTv2 sizes.
+    assert len(out.splitlines()) == 11 + 5 and sum(name.endswith("_li") for name in out.split()) == 6
 
 
 def test_models_filters_by_pattern(capsys: pytest.CaptureFixture[str]) -> None:

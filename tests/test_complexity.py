@@ -14,6 +14,9 @@ from pvtv2.models.complexity import create_for_counting, flop_breakdown
 from pvtv2.models.pyramid import stage_grid_sizes
 
 ALL_MODELS = list_models()
+# Linear SRA at sizes the papers did not build: no published figures (their counts: tests/test_visualize.py).
+LINEAR_TWINS = {"pvt_v2_b0_li", "pvt_v2_b1_li", "pvt_v2_b3_li", "pvt_v2_b4_li", "pvt_v2_b5_li"}
+PUBLISHED_MODELS = [name for name in ALL_MODELS if name not in LINEAR_TWINS]
 
 
 @cache
@@ -23,11 +26,11 @@ def counting_model(name: str, **kwargs) -> nn.Module:
 
 
 def test_reference_lists_every_model() -> None:
-    assert set(reference.published(reference.IMAGENET)) == set(ALL_MODELS)
-    assert len(ALL_MODELS) == 11
+    assert set(reference.published(reference.IMAGENET)) == set(PUBLISHED_MODELS)
+    assert len(PUBLISHED_MODELS) == 11 and LINEAR_TWINS < set(ALL_MODELS)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", PUBLISHED_MODELS)
 def test_params_and_flops_match_published(name: str) -> None:
     model = counting_model(name)
     params, flops = count_params(model), count_flops(model, (224, 224))

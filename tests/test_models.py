@@ -11,10 +11,15 @@ from pvtv2.models import PyramidVisionTransformer, PyramidVisionTransformerV2, c
 ALL = pvtv2.list_models()
 V2 = pvtv2.list_models("pvt_v2_*")
 V1 = ["pvt_tiny", "pvt_small", "pvt_medium", "pvt_large"]
+LINEAR_TWINS = ["pvt_v2_b0_li", "pvt_v2_b1_li", "pvt_v2_b3_li", "pvt_v2_b4_li", "pvt_v2_b5_li"]  # no paper figures
 
 
 def test_registry_lists_the_paper_models():
-    assert ALL == ["pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b2_li", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5", *V1]
+    # The paper's models, and linear SRA for every other size (tests/test_visualize.py), each after its sibling.
+    assert [n for n in ALL if n not in LINEAR_TWINS] == [
+        "pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b2_li", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5", *V1]
+    assert ALL == ["pvt_v2_b0", "pvt_v2_b0_li", "pvt_v2_b1", "pvt_v2_b1_li", "pvt_v2_b2", "pvt_v2_b2_li", "pvt_v2_b3",
+                   "pvt_v2_b3_li", "pvt_v2_b4", "pvt_v2_b4_li", "pvt_v2_b5", "pvt_v2_b5_li", *V1]
 
 
 def test_unknown_model_names_the_known_ones():

@@ -13,14 +13,17 @@ import pvtv2
 from .peers import hf_with_weights_of, relative_error, timm_with_weights_of
 
 TOLERANCE = 1e-4
-BIG = {"pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5", "pvt_medium", "pvt_large"}
+BIG = {"pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5", "pvt_medium", "pvt_large", "pvt_v2_b3_li", "pvt_v2_b4_li", "pvt_v2_b5_li"}
+# Linear SRA at the sizes the papers did not build: timm has no such models, HF builds them from a config.
+LINEAR_TWINS = ["pvt_v2_b0_li", "pvt_v2_b1_li", "pvt_v2_b3_li", "pvt_v2_b4_li", "pvt_v2_b5_li"]
 
 
 def _params(names):
     return [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in names]
 
 
-V2 = _params(pvtv2.list_models("pvt_v2_*"))
+V2_NAMES = [n for n in pvtv2.list_models("pvt_v2_*") if n not in LINEAR_TWINS]
+V2 = _params(V2_NAMES)
 V1 = _params(["pvt_tiny", "pvt_small", "pvt_medium", "pvt_large"])
 SIZES = [(224, 224), (250, 333)]
 
@@ -50,6 +53,26 @@ def test_pvt_v2_matches_timm_and_hf(name, images):
                 assert mine.shape == theirs.shape == hfs.shape
                 assert relative_error(mine, theirs) < TOLERANCE, (name, size, "timm level", level)
                 assert relative_error(mine, hfs) < TOLERANCE, (name, size, "hf level", level)
+
+
+def test_the_timm_peers_are_the_paper_models():
+    assert sorted(V2_NAMES) == sorted(
+        ["pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b2_li", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5"])
+    assert set(LINEAR_TWINS) < set(pvtv2.list_models())
+
+
+@pytest.mark.parametrize("name", _params(LINEAR_TWINS))
+def test_linear_twins_match_hf(name, images):
+    """HF's PvtV2 with linear_attention builds every size; its logits and pyramid equal ours."""
+    ours = pvtv2.create_model(name).eval()
+    hf = hf_with_weights_of(ours, name)
+    with torch.no_grad():
+        for size in SIZES:
+            x = images[size]
+            assert relative_error(ours(x), hf(x).logits) < TOLERANCE, (name, size, "hf logits")
+            hf_pyramid = hf(x, output_hidden_states=True).hidden_states
+            for level, (mine, hfs) in enumerate(zip(ours.forward_intermediates(x), hf_pyramid)):
+                assert mine.shape == hfs.shape and relative_error(mine, hfs) < TOLERANCE, (name, size, "level", level)
 
 
 @pytest.mark.parametrize("name", V1)

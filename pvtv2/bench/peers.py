@@ -24,11 +24,20 @@ def is_v2(name: str) -> bool:
 
 
 def peers_of(name: str) -> list[str]:
-    """The installed peers that implement model ``name``: timm has PVTv2 only, HF both families."""
+    """The installed peers that implement model ``name``: timm has PVTv2 B0-B5 and B2-Li (not our other -Li
+    sizes), HF both families (its PVTv2 takes linear attention at every size)."""
     return [
         peer for peer in PEERS
-        if (peer != "timm" or is_v2(name)) and importlib.util.find_spec(PEER_PACKAGES[peer]) is not None
+        if importlib.util.find_spec(PEER_PACKAGES[peer]) is not None and (peer != "timm" or _in_timm(name))
     ]
+
+
+def _in_timm(name: str) -> bool:
+    if not is_v2(name):
+        return False
+    import timm  # only once timm is known to be installed (peers are optional)
+
+    return timm.is_model(name)
 
 
 class LogitsOf(nn.Module):

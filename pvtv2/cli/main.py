@@ -7,12 +7,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import bench, convert, data, demo, detection, eval, export, info, models, predict, segmentation, table, train, weights
+from . import (bench, convert, data, demo, detection, eval, export, info, models, predict, segmentation, show, table,
+               train, weights)
 from .errors import DEBUG_ENV, DEBUG_FLAG, REPORTED, describe_failure
 
 # Each module adds its own subcommand; a new one (train, bench, export...) is one more entry here.
 SUBCOMMANDS = (
     demo, models, table, info, weights, convert, export, bench, train, eval, predict, data, detection, segmentation,
+    show,
 )
 
 
@@ -45,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 2
     try:
         return args.handler(args)
+    except BrokenPipeError:  # `pvt ... | head`: the reader left; say nothing, as other tools
+        # Python flushes stdout again at exit and would report the closed pipe then (its documented recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except BaseException as error:
         if debug or not isinstance(error, REPORTED):
             raise

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         model = create_for_counting(name)
         rows.append(dict(
             name=name, family=type(model).__name__, depths="-".join(map(str, model.depths)),
-            params=f"{count_params(model) / 1e6:.2f}", top1=top1.get(name),
+            params=f"{count_params(model) / 1e6:.2f}", top1=top1.get(name, "-"),  # "-": not in the papers
         ))
     headers = dict(name="model", family="family", depths="depths", params="params (M)", top1="top-1 (paper)")
     print(format_table(rows, headers, left=("name", "family")))

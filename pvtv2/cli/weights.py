@@ -38,7 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    names = select_models(args.patterns)
+    chosen = select_models(args.patterns)
+    names = [name for name in chosen if name in download.RELEASES]  # -Li beyond B2: no released weights
+    if not names:
+        raise CommandError(f"no official weights were released for {', '.join(chosen)}; released: "
+                           f"{', '.join(download.RELEASES)}")
     sources = {name: download.source_of(name) for name in names}
     # URLs read best left-aligned; format_table right-aligns all but the first column, so pad them.
     width = max(len(source) for source in sources.values())

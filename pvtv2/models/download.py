@@ -34,6 +34,7 @@ import torch
 from ..errors import EnvironmentProblem, InputError
 from . import reference
 from .loading import CheckpointError, fit_state_dict, model_shapes, open_checkpoint
+from .registry import list_models
 
 logger = logging.getLogger("pvtv2")
 
@@ -84,6 +85,11 @@ class WeightsUnavailableError(EnvironmentProblem):
 def release_file(name: str) -> ReleaseFile:
     """The release entry of model ``name``."""
     if name not in RELEASES:
+        if name in list_models():  # a model of the zoo that the release lacks (the -Li twins but B2-Li)
+            raise InputError(
+                f"no official weights were released for {name}, so pretrained='official' cannot load any: train it "
+                f"(pvt train) or pass pretrained= a checkpoint file; released: {', '.join(RELEASES)}"
+            )
         raise InputError(f"no released weights for {name!r}; released: {', '.join(RELEASES)}")
     return RELEASES[name]
 

@@ -1,4 +1,4 @@
-"""PVTv2 (Wang et al., "PVTv2: Improved Baselines with Pyramid Vision Transformer"): B0-B5 and B2-Li.
+"""PVTv2 (Wang et al., "PVTv2: Improved Baselines with Pyramid Vision Transformer"): B0-B5 and their -Li twins.
 
 Overlapping patch embedding, convolutional FFN and (for -Li) linear spatial-reduction attention,
 with a LayerNorm closing every stage and a mean-pooled classification head.
@@ -58,5 +58,12 @@ PVT_V2_VARIANTS = {
     "pvt_v2_b4": dict(depths=(3, 8, 27, 3)),
     "pvt_v2_b5": dict(depths=(3, 6, 40, 3), mlp_ratios=(4, 4, 4, 4)),
 }
+
+# Linear SRA (Sec. 3.4) for every size, as the official code builds B2-Li: the SRA sibling's settings with
+# linear=True. The paper and the release have B2-Li only, so these have no published figures or weights.
+UNRELEASED_LINEAR = ("pvt_v2_b0_li", "pvt_v2_b1_li", "pvt_v2_b3_li", "pvt_v2_b4_li", "pvt_v2_b5_li")
+PVT_V2_VARIANTS.update(
+    {name: dict(PVT_V2_VARIANTS[name.removesuffix("_li")], linear=True) for name in UNRELEASED_LINEAR}
+)
 
 register_family(PyramidVisionTransformerV2, PVT_V2_VARIANTS)
