@@ -12,7 +12,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,12 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(fpn_channels=32, anchor_sizes=(16, 32, 64, 128, 256), min_size=SIZE, max_size=SIZE)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ Training runs are PVTv2-B0 on a few generated 64x64 shapes scenes, a few iterati
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +35,7 @@ SHAPES_CONFIG = REPO / "configs/segmentation/shapes_semantic_fpn_pvt_v2_b0.yaml"
 PAPER = reference.published(reference.ADE20K)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models and batches: threads only wait for each other
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: see conftest.py
 
 
 @pytest.fixture(scope="module")

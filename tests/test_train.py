@@ -48,14 +48,7 @@ def _image(kind: str, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The models and batches are tiny: a second thread buys little, and on a busy machine threads waiting
-    # for each other make the runs many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: see conftest.py
 
 
 @pytest.fixture(scope="module")
