@@ -28,7 +28,8 @@ from .common import CommandError, check_output_path
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation every model of the package is trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGES = (1, 2, 3, 4)
-DETECTOR_TITLES = {"retinanet": "RetinaNet", "mask_rcnn": "Mask R-CNN", "atss": "ATSS", "gfl": "GFL"}
+DETECTOR_TITLES = {"retinanet": "RetinaNet", "mask_rcnn": "Mask R-CNN", "atss": "ATSS", "gfl": "GFL",
+                   "cascade_mask_rcnn": "Cascade Mask R-CNN"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -2,12 +2,13 @@
 and GFLOPs (``pvt table --task detection``).
 
 Parameters are those of the full detector for COCO's 80 classes; RetinaNet's and Mask R-CNN's must be
-within 3% of Table 3's, ATSS's and GFL's within 1% of Table 4's (or of its rounding: it prints whole
-millions) or of the official tool's count where we have it. FLOPs follow MMDetection's ``get_flops.py``
-(the mmcv counting convention of :mod:`pvtv2.models.complexity`) at 1280x800: the backbone, FPN and dense
-head on the whole image, and for Mask R-CNN the box head on 1,000 RoIs and the mask head on 100, as
-MMDetection's dummy forward runs them (RoIAlign, anchors and NMS are not counted). The paper gives no FLOPs
-for RetinaNet and Mask R-CNN; Table 4's GFLOPs must match within 1% too.
+within 3% of Table 3's, ATSS's, GFL's and Cascade Mask R-CNN's within 1% of Table 4's (or of its rounding:
+it prints whole millions) or of the official tool's count where we have it. FLOPs follow MMDetection's
+``get_flops.py`` (the mmcv counting convention of :mod:`pvtv2.models.complexity`) at 1280x800: the
+backbone, FPN and dense head on the whole image, and for Mask R-CNN the box head on 1,000 RoIs and the mask
+head on 100, as MMDetection's dummy forward runs them, and for Cascade Mask R-CNN each of the three
+stages' box and mask heads on those RoIs (RoIAlign, anchors and NMS are not counted). The paper gives no
+FLOPs for RetinaNet and Mask R-CNN; Table 4's GFLOPs must match within 1% too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torchvision.models.detection import RetinaNet
 from ..engine.text_table import format_table
 from ..models import reference
 from ..models.complexity import count_flops, count_params
+from .cascade import CascadeRoIHeads
 from .model import build_detector
 
 INPUT_SIZE = (800, 1280)  # (H, W): the "1280 x 800" of the paper's detection tables
@@ -29,7 +31,7 @@ COCO_CLASSES = 80
 PARAMS_REL_TOL = 0.03
 BOX_ROIS, MASK_ROIS = 1000, 100  # as MMDetection's forward_dummy of two-stage detectors
 PAPER_COLUMN = {"retinanet": "retinanet_params_M", "mask_rcnn": "maskrcnn_params_M"}  # Table 3's detectors
-TABLE4_DETECTORS = ("atss", "gfl")
+TABLE4_DETECTORS = ("atss", "gfl", "cascade_mask_rcnn")
 TABLE4_REL_TOL = 0.01
 # The official tool's count (MMDetection's get_flops.py on the official config) where it is known more
 # precisely than Table 4's whole millions.
@@ -54,8 +56,14 @@ class DenseForward(nn.Module):
         detector.rpn.head(features)
         channels = detector.backbone.out_channels
         heads = detector.roi_heads
-        heads.box_predictor(heads.box_head(images.new_zeros(BOX_ROIS, channels, 7, 7)))
-        heads.mask_predictor(heads.mask_head(images.new_zeros(MASK_ROIS, channels, 14, 14)))
+        box_rois, mask_rois = images.new_zeros(BOX_ROIS, channels, 7, 7), images.new_zeros(MASK_ROIS, channels, 14, 14)
+        if isinstance(heads, CascadeRoIHeads):  # MMDetection's dummy forward runs every stage on the same RoIs
+            for stage in range(heads.num_stages):
+                heads.box_predictor[stage](heads.box_head[stage](box_rois))
+                heads.mask_predictor[stage](heads.mask_head[stage](mask_rois))
+            return
+        heads.box_predictor(heads.box_head(box_rois))
+        heads.mask_predictor(heads.mask_head(mask_rois))
 
 
 def complexity_rows(names: list[str], with_flops: bool = True) -> list[dict[str, Any]]:
@@ -138,7 +146,8 @@ def print_table(names: list[str], as_json: bool) -> int:
                         flops="GFLOPs 1280x800", flops_paper="paper", flops_diff="diff", ok="within 1%")
         print("\n" + format_table(text_rows4, headers4, left=("backbone", "detector", "paper")))
         print("\nTable 4 (3x schedule): params and GFLOPs vs the paper's, which prints whole millions and GFLOPs; "
-              "within 1% or that rounding.\nGFL-B2's params are compared with the official tool's 33.11 M.")
+              "within 1% or that rounding.\nGFL-B2's params are compared with the official tool's 33.11 M. "
+              "Cascade Mask R-CNN's GFLOPs: each of its 3 stages' box head on 1,000 RoIs and mask head on 100.")
     return 0 if ok else 1
 
 

@@ -16,13 +16,15 @@ from typing import Literal
 
 from ..engine.config import Config, ConfigError, RunSection, checked
 
+MASK_DETECTORS = ("mask_rcnn", "cascade_mask_rcnn")
 GROUP_NORM_GROUPS = 32  # ATSS's and GFL's head towers: GroupNorm(32), as MMDetection's
 
 
 @dataclass
 class DetModelConfig:
-    # atss, gfl: Table 4's one-stage detectors (the official configs' heads, assigner and losses).
-    detector: Literal["retinanet", "mask_rcnn", "atss", "gfl"] = "mask_rcnn"
+    # atss, gfl: Table 4's one-stage detectors (the official configs' heads, assigner and losses);
+    # cascade_mask_rcnn: Table 4's two-stage one (three box stages and mask heads, pvtv2.detection.cascade).
+    detector: Literal["retinanet", "mask_rcnn", "atss", "gfl", "cascade_mask_rcnn"] = "mask_rcnn"
     backbone: str = "pvt_v2_b2"
     # Backbone weights to start from: a checkpoint (official, timm, HF, or a detector's) or "official".
     pretrained: str | None = None
@@ -42,6 +44,11 @@ class DetModelConfig:
     rpn_post_nms_top_n_train: int = checked(2000, min=1)
     rpn_post_nms_top_n_test: int = checked(1000, min=1)
     detections_per_img: int = checked(100, min=1)
+
+    @property
+    def with_masks(self) -> bool:
+        """Whether the detector predicts instance masks (and so its data must carry them)."""
+        return self.detector in MASK_DETECTORS
 
 
 @dataclass

@@ -214,7 +214,7 @@ def ensure_shapes(root: str | Path, num_train: int, num_val: int, size: int, see
 
 def build_datasets(cfg: DetectionConfig) -> tuple[CocoDetection, CocoDetection]:
     """The training and held-out splits a config names (the shapes data set is written when missing)."""
-    data, with_masks = cfg.data, cfg.model.detector == "mask_rcnn"
+    data, with_masks = cfg.data, cfg.model.with_masks
     if data.dataset == "shapes":
         ensure_shapes(data.root, data.shapes_train, data.shapes_val, data.shapes_size, seed=cfg.run.seed)
     train_paths, val_paths = split_paths(data.root, data.train_split), split_paths(data.root, data.val_split)

@@ -13,6 +13,8 @@ losses, NMS, RoIAlign); ours are the backbone adapter and, for ATSS and GFL, wha
   ``relu_before_extra_convs=False``; torchvision's ``LastLevelP6P7`` puts one there).
 * Mask R-CNN: FPN on all four levels (C2-C5) plus a max-pooled P6 for the RPN; torchvision's v1 heads
   (RPN conv, two-fc box head, four-conv mask head, no GroupNorm), as MMDetection's.
+* Cascade Mask R-CNN (Table 4): Mask R-CNN's neck and RPN, with three box stages and three mask heads
+  (:mod:`pvtv2.detection.cascade`).
 
 Targets use labels 1..K for K classes; 0 is Mask R-CNN's background and a class RetinaNet never sees,
 so both detectors read the same targets (both heads get K + 1 outputs; ATSS's and GFL's get K).
@@ -38,18 +40,20 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from ..errors import InputError
 from ..models import create_model
 from .config import DetDataConfig, DetModelConfig
+from .cascade import CascadeRoIHeads
 from .dense_heads import ATSS, GFL, GFL_REG_MAX, GROUP_NORM_GROUPS, DenseHead, LevelAnchorGenerator
 
 
-DETECTORS = ("retinanet", "mask_rcnn", "atss", "gfl")
-Detector = Literal["retinanet", "mask_rcnn", "atss", "gfl"]
+DETECTORS = ("retinanet", "mask_rcnn", "atss", "gfl", "cascade_mask_rcnn")
+Detector = Literal["retinanet", "mask_rcnn", "atss", "gfl", "cascade_mask_rcnn"]
 DENSE = ("retinanet", "atss", "gfl")  # one-stage: FPN on C3-C5 plus P6, P7
 
 # Anchor base sizes per FPN level at the paper's scale (shorter side 800): torchvision's defaults, which are
 # MMDetection's (RetinaNet: octave base 4 x strides 8..128; Mask R-CNN: scale 8 x strides 4..64), and the
 # official ATSS and GFL configs' (octave base scale 8 x strides 8..128, one scale, ratio 1).
 DEFAULT_ANCHOR_SIZES = {"retinanet": (32, 64, 128, 256, 512), "mask_rcnn": (32, 64, 128, 256, 512),
-                        "atss": (64, 128, 256, 512, 1024), "gfl": (64, 128, 256, 512, 1024)}
+                        "atss": (64, 128, 256, 512, 1024), "gfl": (64, 128, 256, 512, 1024),
+                        "cascade_mask_rcnn": (32, 64, 128, 256, 512)}
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 RETINANET_SCALES_PER_OCTAVE = 3
 
@@ -129,15 +133,15 @@ def build_detector(
     mask_head_channels: int = 256,
     **detector_kwargs: Any,
 ) -> nn.Module:
-    """RetinaNet, Mask R-CNN, ATSS or GFL with PVT ``backbone`` and an FPN, for ``num_classes`` object classes.
+    """RetinaNet, Mask R-CNN, ATSS, GFL or Cascade Mask R-CNN with PVT ``backbone`` and an FPN, for ``num_classes`` object classes.
 
     ``min_size``/``max_size``: evaluation images are resized to a shorter side of ``min_size`` (the last
     one when several) and a longer side of at most ``max_size``; training images are resized by the data
     pipeline (:mod:`pvtv2.detection.data`) and enter the model as they are. ``anchor_sizes``: one base
     size per FPN level (default: the paper's, for 800-pixel images). ``fpn_channels``,
     ``box_head_channels`` and ``mask_head_channels`` default to the paper's (256, 1024, 256); smaller
-    values make quick models for small images (``box_head_channels`` and ``mask_head_channels`` are Mask
-    R-CNN's only). Other keywords go to torchvision's detector (``score_thresh``, ``nms_thresh``,
+    values make quick models for small images (``box_head_channels`` and ``mask_head_channels`` are the
+    two-stage detectors' only; Cascade's box head convs are ``fpn_channels`` wide, as the official 256). Other keywords go to torchvision's detector (``score_thresh``, ``nms_thresh``,
     ``detections_per_img``, ``box_batch_size_per_image``...; ATSS and GFL: :class:`DenseDetector`'s).
     """
     _check_kind(kind)
@@ -167,6 +171,9 @@ def build_detector(
         return GFL(body_and_neck, DenseHead(fpn_channels, num_classes, 4 * (GFL_REG_MAX + 1)), anchors, **common)
 
     anchors = AnchorGenerator(tuple((s,) for s in sizes), (ASPECT_RATIOS,) * len(sizes))
+    if kind == "cascade_mask_rcnn":
+        return _cascade_mask_rcnn(body_and_neck, anchors, num_classes, fpn_channels, box_head_channels,
+                                  mask_head_channels, common)
     box_head = TwoMLPHead(fpn_channels * 7 * 7, box_head_channels)
     _xavier_init(box_head)  # MMDetection's shared fully-connected layers are Xavier-initialised
     mask_head = MaskRCNNHeads(fpn_channels, (mask_head_channels,) * 4, 1)
@@ -178,6 +185,33 @@ def build_detector(
         mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes + 1),
         **common,
     )
+
+
+# MaskRCNN's keywords for its RoIHeads, which the cascade's heads take instead (torchvision name: ours).
+CASCADE_ROI_KWARGS = {"box_score_thresh": "score_thresh", "box_nms_thresh": "nms_thresh",
+                      "box_detections_per_img": "detections_per_img",
+                      "box_batch_size_per_image": "batch_size_per_image", "box_positive_fraction": "positive_fraction"}
+
+
+def _cascade_mask_rcnn(body_and_neck: PyramidBackboneWithFPN, anchors: AnchorGenerator, num_classes: int,
+                       fpn_channels: int, box_head_channels: int, mask_head_channels: int,
+                       common: dict[str, Any]) -> MaskRCNN:
+    """torchvision's MaskRCNN (transform, RPN) with its RoI heads replaced by the cascade's."""
+    kwargs = dict(common)
+    heads_kwargs = {ours: kwargs.pop(theirs) for theirs, ours in CASCADE_ROI_KWARGS.items() if theirs in kwargs}
+    for name in ("box_fg_iou_thresh", "box_bg_iou_thresh", "bbox_reg_weights"):
+        if name in kwargs:  # per stage in the cascade: the module constants of pvtv2.detection.cascade
+            raise InputError(f"{name} does not apply to cascade_mask_rcnn, whose stages have their own")
+    heads = CascadeRoIHeads(fpn_channels, num_classes, box_head_channels=box_head_channels,
+                            mask_head_channels=mask_head_channels, **heads_kwargs)
+    # MaskRCNN is given the first stage's modules so that it builds no default heads; they are then
+    # replaced by the whole cascade, which holds them.
+    detector = MaskRCNN(body_and_neck, rpn_anchor_generator=anchors, box_roi_pool=heads.box_roi_pool,
+                        box_head=heads.box_head[0], box_predictor=heads.box_predictor[0],
+                        mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head[0],
+                        mask_predictor=heads.mask_predictor[0], **kwargs)
+    detector.roi_heads = heads
+    return detector
 
 
 def _check_kind(kind: str) -> None:

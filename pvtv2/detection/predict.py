@@ -92,7 +92,7 @@ def evaluate_checkpoint(path: str | Path, *, root: str | None = None, split: str
     if data.dataset == "shapes" and root == data.root:
         ensure_shapes(root, data.shapes_train, data.shapes_val, data.shapes_size, seed=detector.config.run.seed)
     paths = split_paths(root, split if split is not None else data.val_split)
-    with_masks = detector.config.model.detector == "mask_rcnn"
+    with_masks = detector.config.model.with_masks
     dataset = CocoDetection(paths.images, paths.annotations, eval_transform(), with_masks=with_masks)
     if dataset.category_ids != detector.category_ids:
         raise DatasetError(f"{paths.annotations} has categories {dataset.category_ids}, but the checkpoint was "

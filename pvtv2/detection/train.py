@@ -12,6 +12,7 @@ from itertools import islice
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import DatasetError
@@ -37,7 +38,7 @@ def train(cfg: DetectionConfig) -> dict[str, float]:
     """Run (or continue) the training ``cfg`` describes; returns the final COCO metrics."""
     with start_run(cfg.run, "pvt det-train") as run:
         env, out, optim = run.env, run.output_dir, cfg.optim
-        with_masks = cfg.model.detector == "mask_rcnn"
+        with_masks = cfg.model.with_masks
         model_name = f"{cfg.model.detector}/{cfg.model.backbone}"
 
         # Data.
@@ -56,7 +57,10 @@ def train(cfg: DetectionConfig) -> dict[str, float]:
                                f"{env.world_size} processes x {optim.accumulate_steps} accumulated")
 
         # Model, optimizer, schedule.
-        model = build_from_config(cfg.model, cfg.data, len(class_names)).to(env.device)
+        model = build_from_config(cfg.model, cfg.data, len(class_names))
+        if env.world_size > 1 and env.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # Cascade's BN box heads: SyncBN, as the official
+        model.to(env.device)
         train_model = wrap_model(model, env)
         lr, total_batch = resolved_lr(optim, env.world_size)
         optimizer = adamw_by_name(model, lr, optim.weight_decay, ("norm",) if optim.no_decay_norms else ())

@@ -1,0 +1,203 @@
+"""Cascade Mask R-CNN (Table 4): stage targets, refinement, parameter and FLOP counts, a training step, the
+evaluation output, a strict checkpoint round trip and the CLI, on tiny models and 64-pixel scenes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pvtv2.cli.main import main
+from pvtv2.data.shapes import write_coco_shapes
+from pvtv2.detection import build_detector
+from pvtv2.detection.cascade import STAGE_LOSS_WEIGHTS, AlignedMultiScaleRoIAlign, CascadeRoIHeads
+from pvtv2.detection.complexity import COCO_CLASSES, table4_rows
+from pvtv2.detection.config import DetectionConfig
+from pvtv2.detection.evaluate import STAT_NAMES
+from pvtv2.engine.training_state import read_training_checkpoint
+from pvtv2.errors import InputError
+from pvtv2.models import reference
+from pvtv2.models.complexity import count_params
+
+SIZE = 64
+TINY = dict(fpn_channels=16, box_head_channels=32, mask_head_channels=16, anchor_sizes=(8, 16, 32, 64, 128),
+            min_size=SIZE, max_size=SIZE, box_batch_size_per_image=32, rpn_post_nms_top_n_train=100,
+            rpn_post_nms_top_n_test=50)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: see conftest.py
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_coco_shapes(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=4, size=SIZE, seed=1,
+                             max_objects=3)
+
+
+def _tiny(**kwargs: object) -> torch.nn.Module:
+    return build_detector("cascade_mask_rcnn", "pvt_v2_b0", num_classes=3, **{**TINY, **kwargs})
+
+
+def _targets() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    masks = torch.zeros(2, SIZE, SIZE, dtype=torch.uint8)
+    masks[0, 5:30, 5:30] = 1
+    masks[1, 30:60, 20:50] = 1
+    target = dict(boxes=torch.tensor([[5.0, 5, 30, 30], [20, 30, 50, 60]]), labels=torch.tensor([1, 2]), masks=masks)
+    return [torch.rand(3, SIZE, SIZE) for _ in range(2)], [target, {k: v.clone() for k, v in target.items()}]
+
+
+def test_stage_targets_follow_each_stage_iou() -> None:
+    """A proposal at IoU 0.55 is positive at stage 1 only, one at 0.65 at stages 1-2, the added ground
+    truth at every stage; a far one never. Matched boxes are the ground truth's."""
+    heads = CascadeRoIHeads(8, 3, box_head_channels=16, mask_head_channels=8)
+    gt = torch.tensor([[0.0, 0, 10, 10]])
+    proposals = [torch.tensor([[0.0, 0, 10, 5.5], [0, 0, 10, 6.5], [50, 50, 60, 60]])]  # IoU 0.55, 0.65, 0
+    targets = [dict(boxes=gt, labels=torch.tensor([2]))]
+    expected = {0: [2, 2, 0, 2], 1: [0, 2, 0, 2], 2: [0, 0, 0, 2]}  # per stage: the 3 proposals, then the gt
+    for stage, labels_expected in expected.items():
+        rois, labels, matched_boxes, _, is_gt = heads.stage_targets(stage, proposals, targets)
+        # Every RoI is sampled here (4 of 512), in the input order with the ground truth last.
+        assert torch.equal(rois[0], torch.cat([proposals[0], gt]))
+        assert labels[0].tolist() == labels_expected, stage
+        assert is_gt[0].tolist() == [False, False, False, True]
+        positive = labels[0] > 0
+        assert torch.equal(matched_boxes[0][positive], gt.expand(int(positive.sum()), 4))
+
+
+def test_refine_uses_the_true_class_for_positives_and_the_best_for_others() -> None:
+    """Between stages a positive RoI moves by its ground-truth class's deltas, a negative by its best
+    foreground class's; the boxes are clipped to the image and carry no gradient."""
+    heads = CascadeRoIHeads(8, 3, box_head_channels=16, mask_head_channels=8)
+    rois = [torch.tensor([[10.0, 10, 20, 20], [30, 30, 40, 40]])]
+    logits = torch.tensor([[0.0, 0, 5, 0], [0, 0, 0, 5]], requires_grad=True)  # best: class 2, class 3
+    deltas = torch.zeros(2, 4, 4, requires_grad=True)
+    shifts = torch.zeros(2, 4, 4)
+    shifts[:, 1, 0], shifts[:, 2, 0], shifts[:, 3, 0] = 0.1, 0.2, 0.3  # dx per class, in stds of 0.1 (stage 1)
+    refined = heads.refine(0, rois, logits, (deltas + shifts).reshape(2, 16), torch.tensor([1, 0]), [(SIZE, SIZE)])
+    # dx x std x width: class 1 (the positive's label) 0.1 x 0.1 x 10, class 3 (the negative's best) 0.3 x 0.1 x 10.
+    torch.testing.assert_close(refined[0][:, 0], torch.tensor([10.1, 30.3]))
+    assert not refined[0].requires_grad
+    far = heads.refine(0, [torch.tensor([[50.0, 50, 70, 70]])], logits[:1], torch.zeros(1, 16), None, [(SIZE, SIZE)])
+    assert far[0].max() <= SIZE
+
+
+def test_aligned_roi_align_differs_from_torchvision_by_half_a_pixel() -> None:
+    """The cascade's pooler is torchvision's with aligned=True: on a ramp, the same box samples half a
+    feature pixel to the left of torchvision's."""
+    ramp = torch.arange(32.0).repeat(32, 1)[None, None]  # value = x
+    features = {name: ramp for name in "0123"}
+    box = [torch.tensor([[8.0, 8, 24, 24]])]
+    aligned = AlignedMultiScaleRoIAlign(["0", "1", "2", "3"], 1, 0)(features, box, [(32, 32)])
+    plain = torch.ops.torchvision.roi_align(ramp, torch.tensor([[0.0, 8, 8, 24, 24]]), 1.0, 1, 1, 0, False)
+    torch.testing.assert_close(aligned.flatten(), plain.flatten() - 0.5)
+
+
+@pytest.mark.parametrize("backbone", ["pvt_v2_b2", "pvt_v2_b2_li"])
+def test_params_and_flops_within_1_percent_of_table4(backbone: str) -> None:
+    """Table 4's 83 M / 788 GFLOPs (B2) and 80 M / 725 GFLOPs (B2-Li) at 1280x800, within 1%."""
+    paper = reference.published(reference.COCO_DETECTORS)[f"cascade_mask_rcnn/{backbone}"]
+    with torch.device("meta"):
+        detector = build_detector("cascade_mask_rcnn", backbone, num_classes=COCO_CLASSES)
+    assert count_params(detector) / 1e6 == pytest.approx(paper["params_M"], rel=0.01)
+    (row,) = [r for r in table4_rows([backbone]) if r["detector"] == "cascade_mask_rcnn"]
+    assert row["params_ok"] and row["GFLOPs_ok"], row
+    assert row["GFLOPs"] == pytest.approx(paper["GFLOPs"], rel=0.01)
+
+
+def test_training_step_gives_finite_losses_per_stage() -> None:
+    """Every stage has its classification, GIoU and mask loss, all finite, and every stage's heads learn."""
+    model = _tiny().train()
+    images, targets = _targets()
+    losses = model(images, targets)
+    stages = [f"s{i}" for i in range(1, len(STAGE_LOSS_WEIGHTS) + 1)]
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg"} | {
+        f"loss_{kind}_{s}" for kind in ("classifier", "box_giou", "mask") for s in stages}
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    heads = model.roi_heads
+    for stage in range(len(stages)):
+        for module in (heads.box_head[stage], heads.box_predictor[stage], heads.mask_head[stage]):
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), stage
+
+
+def test_training_without_masks_is_an_error() -> None:
+    model = _tiny().train()
+    images, targets = _targets()
+    for target in targets:
+        del target["masks"]
+    with pytest.raises(InputError, match="without masks"):
+        model(images, targets)
+
+
+def test_eval_output_format() -> None:
+    """Boxes, labels 1..K, scores and (N, 1, H, W) mask probabilities, in the input image's pixels."""
+    model = _tiny(box_score_thresh=0.0, box_detections_per_img=20).eval()
+    with torch.no_grad():
+        (output,) = model([torch.rand(3, 48, 80)])
+    assert set(output) == {"boxes", "labels", "scores", "masks"}
+    count = len(output["boxes"])
+    assert 0 < count <= 20
+    assert output["boxes"].shape == (count, 4) and output["masks"].shape == (count, 1, 48, 80)
+    assert output["labels"].min() >= 1 and output["labels"].max() <= 3
+    assert ((0 <= output["masks"]) & (output["masks"] <= 1)).all()
+    assert output["boxes"][:, 2].max() <= 80 and output["boxes"][:, 3].max() <= 48
+    assert torch.all(output["scores"][:-1] >= output["scores"][1:])
+
+
+def test_saved_detector_loads_strictly(tmp_path: Path) -> None:
+    """A saved cascade loads into a fresh one with strict=True and predicts the same."""
+    model = _tiny(box_score_thresh=0.0).eval()
+    torch.save(model.state_dict(), tmp_path / "cascade.pth")
+    torch.manual_seed(1)  # the fresh one starts from other weights
+    fresh = _tiny(box_score_thresh=0.0).eval()
+    fresh.load_state_dict(torch.load(tmp_path / "cascade.pth"), strict=True)
+    image = [torch.rand(3, SIZE, SIZE)]
+    with torch.no_grad():
+        a, b = model(image)[0], fresh(image)[0]
+    assert len(a["boxes"]) > 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_config_kind_and_shipped_configs() -> None:
+    """cascade_mask_rcnn is a config detector kind; the shipped 3x configs are the official recipe."""
+    configs = Path(__file__).resolve().parents[1] / "configs" / "detection"
+    for backbone in ("pvt_v2_b2", "pvt_v2_b2_li"):
+        cfg = DetectionConfig.load(configs / f"cascade_mask_rcnn_{backbone}_3x.yaml")
+        assert (cfg.model.detector, cfg.model.backbone, cfg.data.train_augment) == ("cascade_mask_rcnn", backbone,
+                                                                                   "official")
+        assert (cfg.optim.epochs, cfg.optim.lr_steps, cfg.optim.lr, cfg.optim.lr_base_batch) == (36, (27, 33), 1e-4, 16)
+        assert (cfg.optim.weight_decay, cfg.optim.no_decay_norms, cfg.run.amp) == (0.05, True, "fp16")
+    shapes_cfg = DetectionConfig.load(configs / "shapes_cascade_mask_rcnn_pvt_v2_b0.yaml")
+    assert (shapes_cfg.model.detector, shapes_cfg.data.dataset) == ("cascade_mask_rcnn", "shapes")
+
+
+def test_cli_train_eval_predict(shapes: Path, tmp_path: Path) -> None:
+    """det-train on a tiny YAML config, det-eval's box and mask figures, det-predict's drawing."""
+    cfg = dict(
+        model=dict(detector="cascade_mask_rcnn", backbone="pvt_v2_b0", drop_path_rate=0.0, fpn_channels=16,
+                   box_head_channels=32, mask_head_channels=16, anchor_sizes=[8, 16, 32, 64, 128],
+                   box_batch_size_per_image=32, rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50,
+                   detections_per_img=20),
+        data=dict(dataset="coco", root=str(shapes), train_split="train", val_split="val", train_min_size=[SIZE, SIZE],
+                  min_size=SIZE, max_size=SIZE, num_workers=0),
+        optim=dict(epochs=1, batch_size=4, lr=1e-3, warmup_iters=2, lr_steps=[1, 2]),
+        run=dict(output_dir=str(tmp_path / "out"), device="cpu", seed=0),
+    )
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(DetectionConfig.from_dict(cfg).to_dict()))
+    assert main(["det-train", "--config", str(config)]) == 0
+    checkpoint = tmp_path / "out" / "last.pth"
+    assert read_training_checkpoint(checkpoint)["config"]["model"]["detector"] == "cascade_mask_rcnn"
+    figures = tmp_path / "figures.json"
+    assert main(["det-eval", "--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0",
+                 "--json", str(figures)]) == 0
+    assert sorted(json.loads(figures.read_text())) == sorted(f"{t}_{s}" for t in ("bbox", "segm") for s in STAT_NAMES)
+    scene = next((shapes / "val").glob("*.png"))
+    drawing = tmp_path / "drawing.png"
+    assert main(["det-predict", str(scene), "--checkpoint", str(checkpoint), "--out", str(drawing),
+                 "--score-threshold", "0", "--device", "cpu"]) == 0
+    assert Image.open(drawing).size == Image.open(scene).size
