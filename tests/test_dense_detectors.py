@@ -9,9 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +31,8 @@ from pvtv2.detection.losses import distribution_focal_loss, integral, quality_fo
 from pvtv2.engine.config import ConfigError
 from pvtv2.engine.training_state import read_training_checkpoint
 from pvtv2.models import reference
+
+from .distributed import det_train_alone_and_in_two_processes
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]
@@ -341,14 +340,7 @@ def test_two_processes_train_the_same_atss_as_one(shapes: Path, tmp_path: Path) 
         path.write_text(cfg.to_yaml())
         return path
 
-    assert main(["det-train", "--config", str(config("one", 4))]) == 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "pvtv2", "det-train", "--config", str(config("two", 2))]
-    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    single = read_training_checkpoint(tmp_path / "one" / "last.pth")
-    pair = read_training_checkpoint(tmp_path / "two" / "last.pth")
+    single, pair, _ = det_train_alone_and_in_two_processes(config, tmp_path)
     for key, value in single["model"].items():
         torch.testing.assert_close(pair["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
 

@@ -7,9 +7,6 @@ and every detector's parameter count against the paper's Table 3.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +27,8 @@ from pvtv2.detection.predict import evaluate_checkpoint, load_detector
 from pvtv2.detection.train import train
 from pvtv2.engine.config import ConfigError
 from pvtv2.engine.training_state import read_training_checkpoint
+
+from .distributed import det_train_alone_and_in_two_processes
 
 # The paper's models (the zoo also has -Li variants of every size, which the paper has no figures for).
 PAPER_MODELS = list(reference.published(reference.IMAGENET))
@@ -274,15 +273,8 @@ def test_two_processes_train_the_same_retinanet_as_one(shapes: Path, tmp_path: P
         path.write_text(yaml.safe_dump(cfg.to_dict()))
         return path
 
-    assert main(["det-train", "--config", str(config("one", 4))]) == 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "pvtv2", "det-train", "--config", str(config("two", 2))]
-    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    assert "2 process(es) on cpu" in finished.stdout
-    single = read_training_checkpoint(tmp_path / "one" / "last.pth")
-    pair = read_training_checkpoint(tmp_path / "two" / "last.pth")
+    single, pair, printed = det_train_alone_and_in_two_processes(config, tmp_path)
+    assert "2 process(es) on cpu" in printed
     for key, value in single["model"].items():
         torch.testing.assert_close(pair["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     # Every held-out image is scored once, whichever process predicted it.
