@@ -14,7 +14,8 @@ from PIL import Image
 from pvtv2.cli.main import main
 from pvtv2.data.shapes import write_coco_shapes
 from pvtv2.detection import build_detector
-from pvtv2.detection.cascade import STAGE_LOSS_WEIGHTS, AlignedMultiScaleRoIAlign, CascadeRoIHeads
+from pvtv2.detection.cascade import STAGE_LOSS_WEIGHTS, CascadeRoIHeads
+from pvtv2.detection.roi_align import AlignedMultiScaleRoIAlign
 from pvtv2.detection.complexity import COCO_CLASSES, table4_rows
 from pvtv2.detection.config import DetectionConfig
 from pvtv2.detection.evaluate import STAT_NAMES

@@ -14,8 +14,8 @@ come from the last stage's regression, and the mask probabilities of the three m
 (MMDetection's ``merge_aug_masks`` over stages).
 
 Everything is torchvision's (RoIHeads' sampling and post-processing, Matcher, BoxCoder, the Mask R-CNN mask
-loss and inference, ``generalized_box_iou_loss``, ``roi_align``) except the stage loop and the aligned
-multi-scale RoIAlign, which torchvision lacks.
+loss and inference, ``generalized_box_iou_loss``, ``roi_align``, through the aligned pooler of
+:mod:`pvtv2.detection.roi_align`) except the stage loop, which torchvision lacks.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from torchvision.models.detection._utils import BoxCoder, Matcher
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
-from torchvision.ops import MultiScaleRoIAlign, box_iou, clip_boxes_to_image, generalized_box_iou_loss, roi_align
-from torchvision.ops.poolers import _convert_to_roi_format, _setup_scales
+from torchvision.ops import box_iou, clip_boxes_to_image, generalized_box_iou_loss
 
 from ..errors import InputError
+from .roi_align import ADAPTIVE_SAMPLING, FPN_LEVELS, AlignedMultiScaleRoIAlign
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_LOSS_WEIGHTS = (1.0, 0.5, 0.25)
@@ -40,28 +40,6 @@ STAGE_BOX_STDS = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0
 GIOU_LOSS_WEIGHT = 10.0
 BOX_HEAD_CONVS = 4
 MASK_HEAD_CONVS = 4
-FEATURE_NAMES = ["0", "1", "2", "3"]  # the FPN's P2-P5 (P6 is the RPN's only)
-
-
-class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
-    """torchvision's MultiScaleRoIAlign (same level mapping as MMDetection's ``finest_scale=56``) with
-    ``roi_align(aligned=True)``, mmcv's default and so the official config's: torchvision's pooler has no
-    ``aligned`` flag, so this reimplements its small per-level loop."""
-
-    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
-        """Pool each box from its FPN level: (sum of boxes, C, *output_size)."""
-        features = [x[name] for name in self.featmap_names]
-        if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
-                                                         self.canonical_level)
-        rois = _convert_to_roi_format(boxes)
-        levels = self.map_levels(boxes)
-        result = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
-        for level, (feature, scale) in enumerate(zip(features, self.scales)):
-            index = torch.where(levels == level)[0]
-            pooled = roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio, aligned=True)
-            result[index] = pooled.to(result.dtype)  # autocast may give levels different dtypes
-        return result
 
 
 class CascadeRoIHeads(RoIHeads):
@@ -99,10 +77,10 @@ class CascadeRoIHeads(RoIHeads):
                                         for _ in stages)
         last_coder_weights = tuple(1 / s for s in stage_box_stds[-1])
         super().__init__(
-            AlignedMultiScaleRoIAlign(FEATURE_NAMES, 7, 0), box_heads, box_predictors,
+            AlignedMultiScaleRoIAlign(FPN_LEVELS, 7, ADAPTIVE_SAMPLING), box_heads, box_predictors,
             stage_ious[0], stage_ious[0], batch_size_per_image, positive_fraction, last_coder_weights,
             score_thresh, nms_thresh, detections_per_img,
-            mask_roi_pool=AlignedMultiScaleRoIAlign(FEATURE_NAMES, 14, 0), mask_head=mask_heads,
+            mask_roi_pool=AlignedMultiScaleRoIAlign(FPN_LEVELS, 14, ADAPTIVE_SAMPLING), mask_head=mask_heads,
             mask_predictor=mask_predictors,
         )
         # One IoU threshold per stage, no low-quality matches (MMDetection's MaxIoUAssigner with

@@ -12,7 +12,8 @@ losses, NMS, RoIAlign); ours are the backbone adapter and, for ATSS and GFL, wha
 * All three: P7 is a stride-2 conv of P6 itself, with no ReLU between (MMDetection's
   ``relu_before_extra_convs=False``; torchvision's ``LastLevelP6P7`` puts one there).
 * Mask R-CNN: FPN on all four levels (C2-C5) plus a max-pooled P6 for the RPN; torchvision's v1 heads
-  (RPN conv, two-fc box head, four-conv mask head, no GroupNorm), as MMDetection's.
+  (RPN conv, two-fc box head, four-conv mask head, no GroupNorm), as MMDetection's, and MMDetection's
+  RoIAlign (``aligned=True``, adaptive sampling: :mod:`pvtv2.detection.roi_align`).
 * Cascade Mask R-CNN (Table 4): Mask R-CNN's neck and RPN, with three box stages and three mask heads
   (:mod:`pvtv2.detection.cascade`).
 
@@ -34,13 +35,13 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from ..errors import InputError
 from ..models import create_model
 from .config import DetDataConfig, DetModelConfig
 from .cascade import CascadeRoIHeads
+from .roi_align import ADAPTIVE_SAMPLING, FPN_LEVELS, AlignedMultiScaleRoIAlign
 from .dense_heads import ATSS, GFL, GFL_REG_MAX, GROUP_NORM_GROUPS, DenseHead, LevelAnchorGenerator
 
 
@@ -179,9 +180,9 @@ def build_detector(
     mask_head = MaskRCNNHeads(fpn_channels, (mask_head_channels,) * 4, 1)
     return MaskRCNN(
         body_and_neck, rpn_anchor_generator=anchors,
-        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2), box_head=box_head,
+        box_roi_pool=AlignedMultiScaleRoIAlign(FPN_LEVELS, 7, ADAPTIVE_SAMPLING), box_head=box_head,
         box_predictor=FastRCNNPredictor(box_head_channels, num_classes + 1),
-        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2), mask_head=mask_head,
+        mask_roi_pool=AlignedMultiScaleRoIAlign(FPN_LEVELS, 14, ADAPTIVE_SAMPLING), mask_head=mask_head,
         mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes + 1),
         **common,
     )
