@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from functools import partial
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import RetinaNet
@@ -40,7 +39,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import Conv2dNormActivation, batched_nms, box_iou, clip_boxes_to_image, generalized_box_iou_loss
 from torchvision.ops import sigmoid_focal_loss
 
-from ..engine.distributed import all_reduce_sum
+from ..engine.distributed import mean_over_processes
 from .assigners import atss_assign
 from .config import GROUP_NORM_GROUPS  # the config checks fpn_channels against it
 from .losses import boxes_to_distances, distances_to_boxes, distribution_focal_loss, integral, quality_focal_loss
@@ -135,15 +134,6 @@ class DenseHead(nn.Module):
             places = x.shape[-2] * x.shape[-1]
             outputs["level"].append(torch.full((1, places), level, dtype=torch.long, device=x.device))
         return {name: torch.cat(values, dim=1) for name, values in outputs.items()}
-
-
-def _mean_over_processes(value: torch.Tensor) -> torch.Tensor:
-    """``value`` averaged over the processes of a distributed run (MMDetection's ``reduce_mean``): each
-    process then divides by the same normaliser, and DDP's gradient mean equals one big batch's."""
-    value = value.detach().clone()
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    return all_reduce_sum(value) / dist.get_world_size()
 
 
 class DenseDetector(RetinaNet, ABC):
@@ -241,9 +231,9 @@ class ATSS(DenseDetector):
             true.append(boxes)
             centre_logits.append(centerness[i, where])
             centre_targets.append(centerness_target(image_anchors[where], boxes))
-        normaliser = _mean_over_processes(logits.new_tensor(float(positives))).clamp(min=1)
+        normaliser = mean_over_processes(logits.new_tensor(float(positives))).clamp(min=1)
         weights = torch.cat(centre_targets)
-        box_normaliser = _mean_over_processes(weights.sum()).clamp(min=1)
+        box_normaliser = mean_over_processes(weights.sum()).clamp(min=1)
         giou = generalized_box_iou_loss(torch.cat(predicted), torch.cat(true), reduction="none")
         return {
             "classification": sigmoid_focal_loss(logits, classes, FOCAL_ALPHA, FOCAL_GAMMA, reduction="sum") / normaliser,
@@ -289,9 +279,9 @@ class GFL(DenseDetector):
             weights.append(logits[i, where].detach().sigmoid().max(dim=1).values)
             side_logits.append(place_logits.reshape(-1, self.reg_max + 1))
             side_targets.append(boxes_to_distances(centres, boxes, self.reg_max - DFL_TARGET_MARGIN).reshape(-1))
-        normaliser = _mean_over_processes(logits.new_tensor(float(positives))).clamp(min=1)
+        normaliser = mean_over_processes(logits.new_tensor(float(positives))).clamp(min=1)
         weight = torch.cat(weights)
-        box_normaliser = _mean_over_processes(weight.sum()).clamp(min=1)
+        box_normaliser = mean_over_processes(weight.sum()).clamp(min=1)
         giou = generalized_box_iou_loss(torch.cat(predicted), torch.cat(true), reduction="none")
         dfl = distribution_focal_loss(torch.cat(side_logits), torch.cat(side_targets))
         return {

@@ -74,6 +74,15 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """``value`` (detached) averaged over the processes of a distributed run (MMDetection's ``reduce_mean``):
+    each process then divides its loss by the same normaliser, and DDP's gradient mean equals one big batch's."""
+    value = value.detach().clone()
+    if not dist.is_initialized():
+        return value
+    return all_reduce_sum(value) / dist.get_world_size()
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every process's ``obj``, in rank order."""
     if not dist.is_initialized():
