@@ -3,26 +3,22 @@ evaluation output, a strict checkpoint round trip and the CLI, on tiny models an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from PIL import Image
 
-from pvtv2.cli.main import main
 from pvtv2.data.shapes import write_coco_shapes
 from pvtv2.detection import build_detector
 from pvtv2.detection.cascade import STAGE_LOSS_WEIGHTS, CascadeRoIHeads
-from pvtv2.detection.roi_align import AlignedMultiScaleRoIAlign
 from pvtv2.detection.complexity import COCO_CLASSES, table4_rows
 from pvtv2.detection.config import DetectionConfig
-from pvtv2.detection.evaluate import STAT_NAMES
-from pvtv2.engine.training_state import read_training_checkpoint
+from pvtv2.detection.roi_align import AlignedMultiScaleRoIAlign
 from pvtv2.errors import InputError
 from pvtv2.models import reference
 from pvtv2.models.complexity import count_params
+
+from .detectors import assert_cli_trains_evaluates_predicts, assert_loads_strictly
 
 SIZE = 64
 TINY = dict(fpn_channels=16, box_head_channels=32, mask_head_channels=16, anchor_sizes=(8, 16, 32, 64, 128),
@@ -150,17 +146,7 @@ def test_eval_output_format() -> None:
 
 def test_saved_detector_loads_strictly(tmp_path: Path) -> None:
     """A saved cascade loads into a fresh one with strict=True and predicts the same."""
-    model = _tiny(box_score_thresh=0.0).eval()
-    torch.save(model.state_dict(), tmp_path / "cascade.pth")
-    torch.manual_seed(1)  # the fresh one starts from other weights
-    fresh = _tiny(box_score_thresh=0.0).eval()
-    fresh.load_state_dict(torch.load(tmp_path / "cascade.pth"), strict=True)
-    image = [torch.rand(3, SIZE, SIZE)]
-    with torch.no_grad():
-        a, b = model(image)[0], fresh(image)[0]
-    assert len(a["boxes"]) > 0
-    for key in a:
-        torch.testing.assert_close(a[key], b[key])
+    assert_loads_strictly(lambda: _tiny(box_score_thresh=0.0), torch.rand(3, SIZE, SIZE), tmp_path / "cascade.pth")
 
 
 def test_config_kind_and_shipped_configs() -> None:
@@ -178,27 +164,8 @@ def test_config_kind_and_shipped_configs() -> None:
 
 def test_cli_train_eval_predict(shapes: Path, tmp_path: Path) -> None:
     """det-train on a tiny YAML config, det-eval's box and mask figures, det-predict's drawing."""
-    cfg = dict(
-        model=dict(detector="cascade_mask_rcnn", backbone="pvt_v2_b0", drop_path_rate=0.0, fpn_channels=16,
-                   box_head_channels=32, mask_head_channels=16, anchor_sizes=[8, 16, 32, 64, 128],
-                   box_batch_size_per_image=32, rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50,
-                   detections_per_img=20),
-        data=dict(dataset="coco", root=str(shapes), train_split="train", val_split="val", train_min_size=[SIZE, SIZE],
-                  min_size=SIZE, max_size=SIZE, num_workers=0),
-        optim=dict(epochs=1, batch_size=4, lr=1e-3, warmup_iters=2, lr_steps=[1, 2]),
-        run=dict(output_dir=str(tmp_path / "out"), device="cpu", seed=0),
-    )
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(DetectionConfig.from_dict(cfg).to_dict()))
-    assert main(["det-train", "--config", str(config)]) == 0
-    checkpoint = tmp_path / "out" / "last.pth"
-    assert read_training_checkpoint(checkpoint)["config"]["model"]["detector"] == "cascade_mask_rcnn"
-    figures = tmp_path / "figures.json"
-    assert main(["det-eval", "--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0",
-                 "--json", str(figures)]) == 0
-    assert sorted(json.loads(figures.read_text())) == sorted(f"{t}_{s}" for t in ("bbox", "segm") for s in STAT_NAMES)
-    scene = next((shapes / "val").glob("*.png"))
-    drawing = tmp_path / "drawing.png"
-    assert main(["det-predict", str(scene), "--checkpoint", str(checkpoint), "--out", str(drawing),
-                 "--score-threshold", "0", "--device", "cpu"]) == 0
-    assert Image.open(drawing).size == Image.open(scene).size
+    model = dict(detector="cascade_mask_rcnn", backbone="pvt_v2_b0", drop_path_rate=0.0, fpn_channels=16,
+                 box_head_channels=32, mask_head_channels=16, anchor_sizes=[8, 16, 32, 64, 128],
+                 box_batch_size_per_image=32, rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50,
+                 detections_per_img=20)
+    assert_cli_trains_evaluates_predicts(model, shapes, tmp_path, SIZE, ("bbox", "segm"))
