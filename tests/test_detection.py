@@ -281,7 +281,7 @@ def test_two_processes_train_the_same_retinanet_as_one(shapes: Path, tmp_path: P
     assert pair["metrics"]["bbox_AP"] == pytest.approx(single["metrics"]["bbox_AP"], abs=1e-3)
 
 
-@pytest.mark.parametrize("detector", ["retinanet", "mask_rcnn"])
+@pytest.mark.parametrize("detector", ["retinanet", "mask_rcnn", "sparse_rcnn"])
 def test_shapes_config_generates_its_data_and_trains(tmp_path: Path, detector: str) -> None:
     """The shipped shapes configs (the slow check's), scaled to a few scenes: the data set is written on
     first use, training and evaluation run, and a folder of another shapes data set is refused."""

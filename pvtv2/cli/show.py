@@ -29,7 +29,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation every model of the pa
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGES = (1, 2, 3, 4)
 DETECTOR_TITLES = {"retinanet": "RetinaNet", "mask_rcnn": "Mask R-CNN", "atss": "ATSS", "gfl": "GFL",
-                   "cascade_mask_rcnn": "Cascade Mask R-CNN"}
+                   "cascade_mask_rcnn": "Cascade Mask R-CNN", "sparse_rcnn": "Sparse R-CNN"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

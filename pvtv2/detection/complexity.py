@@ -7,7 +7,9 @@ it prints whole millions) or of the official tool's count where we have it. FLOP
 ``get_flops.py`` (the mmcv counting convention of :mod:`pvtv2.models.complexity`) at 1280x800: the
 backbone, FPN and dense head on the whole image, and for Mask R-CNN the box head on 1,000 RoIs and the mask
 head on 100, as MMDetection's dummy forward runs them, and for Cascade Mask R-CNN each of the three
-stages' box and mask heads on those RoIs (RoIAlign, anchors and NMS are not counted). The paper gives no
+stages' box and mask heads on those RoIs, and for Sparse R-CNN its six stages on its 300 proposals (RoIAlign,
+anchors and NMS are not counted, nor, as in mmcv, the dynamic convolution's two batched matmuls and the
+self-attention, which are not modules it hooks). The paper gives no
 FLOPs for RetinaNet and Mask R-CNN; Table 4's GFLOPs must match within 1% too.
 """
 
@@ -25,13 +27,14 @@ from ..models import reference
 from ..models.complexity import count_flops, count_params
 from .cascade import CascadeRoIHeads
 from .model import build_detector
+from .sparse_rcnn import POOL_SIZE, SparseRCNN
 
 INPUT_SIZE = (800, 1280)  # (H, W): the "1280 x 800" of the paper's detection tables
 COCO_CLASSES = 80
 PARAMS_REL_TOL = 0.03
 BOX_ROIS, MASK_ROIS = 1000, 100  # as MMDetection's forward_dummy of two-stage detectors
 PAPER_COLUMN = {"retinanet": "retinanet_params_M", "mask_rcnn": "maskrcnn_params_M"}  # Table 3's detectors
-TABLE4_DETECTORS = ("atss", "gfl", "cascade_mask_rcnn")
+TABLE4_DETECTORS = ("atss", "gfl", "cascade_mask_rcnn", "sparse_rcnn")
 TABLE4_REL_TOL = 0.01
 # The official tool's count (MMDetection's get_flops.py on the official config) where it is known more
 # precisely than Table 4's whole millions.
@@ -50,6 +53,12 @@ class DenseForward(nn.Module):
     def forward(self, images: torch.Tensor) -> None:
         detector = self.detector
         features = list(detector.backbone(images).values())
+        if isinstance(detector, SparseRCNN):  # MMDetection's dummy forward runs the 6 stages on the 300 proposals
+            proposal_features = detector.proposal_features.weight[None]
+            rois = images.new_zeros(proposal_features.shape[1], proposal_features.shape[2], POOL_SIZE, POOL_SIZE)
+            for stage in detector.stages:
+                proposal_features = stage(rois, proposal_features)[2]
+            return
         if isinstance(detector, RetinaNet):
             detector.head(features)
             return

@@ -23,8 +23,9 @@ GROUP_NORM_GROUPS = 32  # ATSS's and GFL's head towers: GroupNorm(32), as MMDete
 @dataclass
 class DetModelConfig:
     # atss, gfl: Table 4's one-stage detectors (the official configs' heads, assigner and losses);
-    # cascade_mask_rcnn: Table 4's two-stage one (three box stages and mask heads, pvtv2.detection.cascade).
-    detector: Literal["retinanet", "mask_rcnn", "atss", "gfl", "cascade_mask_rcnn"] = "mask_rcnn"
+    # cascade_mask_rcnn: Table 4's two-stage one (three box stages and mask heads, pvtv2.detection.cascade);
+    # sparse_rcnn: its query-based one (learned proposals, six dynamic stages, pvtv2.detection.sparse_rcnn).
+    detector: Literal["retinanet", "mask_rcnn", "atss", "gfl", "cascade_mask_rcnn", "sparse_rcnn"] = "mask_rcnn"
     backbone: str = "pvt_v2_b2"
     # Backbone weights to start from: a checkpoint (official, timm, HF, or a detector's) or "official".
     pretrained: str | None = None
@@ -43,7 +44,10 @@ class DetModelConfig:
     rpn_pre_nms_top_n_test: int = checked(1000, min=1)
     rpn_post_nms_top_n_train: int = checked(2000, min=1)
     rpn_post_nms_top_n_test: int = checked(1000, min=1)
+    # Detections kept per image at test (the official Sparse R-CNN config keeps all of its 300 proposals).
     detections_per_img: int = checked(100, min=1)
+    # Sparse R-CNN's learned proposal boxes and features (the official 300).
+    num_proposals: int = checked(300, min=1)
 
     @property
     def with_masks(self) -> bool:

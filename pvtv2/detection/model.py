@@ -16,6 +16,8 @@ losses, NMS, RoIAlign); ours are the backbone adapter and, for ATSS and GFL, wha
   RoIAlign (``aligned=True``, adaptive sampling: :mod:`pvtv2.detection.roi_align`).
 * Cascade Mask R-CNN (Table 4): Mask R-CNN's neck and RPN, with three box stages and three mask heads
   (:mod:`pvtv2.detection.cascade`).
+* Sparse R-CNN (Table 4): FPN on C2-C5 with no extra level, 300 learned proposals, six dynamic stages
+  (:mod:`pvtv2.detection.sparse_rcnn`).
 
 Targets use labels 1..K for K classes; 0 is Mask R-CNN's background and a class RetinaNet never sees,
 so both detectors read the same targets (both heads get K + 1 outputs; ATSS's and GFL's get K).
@@ -41,12 +43,13 @@ from ..errors import InputError
 from ..models import create_model
 from .config import DetDataConfig, DetModelConfig
 from .cascade import CascadeRoIHeads
+from .sparse_rcnn import SparseRCNN
 from .roi_align import ADAPTIVE_SAMPLING, FPN_LEVELS, AlignedMultiScaleRoIAlign
 from .dense_heads import ATSS, GFL, GFL_REG_MAX, GROUP_NORM_GROUPS, DenseHead, LevelAnchorGenerator
 
 
-DETECTORS = ("retinanet", "mask_rcnn", "atss", "gfl", "cascade_mask_rcnn")
-Detector = Literal["retinanet", "mask_rcnn", "atss", "gfl", "cascade_mask_rcnn"]
+DETECTORS = ("retinanet", "mask_rcnn", "atss", "gfl", "cascade_mask_rcnn", "sparse_rcnn")
+Detector = Literal["retinanet", "mask_rcnn", "atss", "gfl", "cascade_mask_rcnn", "sparse_rcnn"]
 DENSE = ("retinanet", "atss", "gfl")  # one-stage: FPN on C3-C5 plus P6, P7
 
 # Anchor base sizes per FPN level at the paper's scale (shorter side 800): torchvision's defaults, which are
@@ -112,6 +115,8 @@ def build_backbone(
         extra: nn.Module = ExtraLevelsP6P7(channels[-1], fpn_channels)
     elif kind in DENSE:
         extra = ExtraLevelsP6P7(fpn_channels, fpn_channels, from_p5=True)  # "on_output"
+    elif kind == "sparse_rcnn":
+        extra = None  # num_outs=4: P2-P5 only
     else:
         extra = LastLevelMaxPool()
     fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=extra)
@@ -134,7 +139,8 @@ def build_detector(
     mask_head_channels: int = 256,
     **detector_kwargs: Any,
 ) -> nn.Module:
-    """RetinaNet, Mask R-CNN, ATSS, GFL or Cascade Mask R-CNN with PVT ``backbone`` and an FPN, for ``num_classes`` object classes.
+    """RetinaNet, Mask R-CNN, ATSS, GFL, Cascade Mask R-CNN or Sparse R-CNN with PVT ``backbone`` and an FPN,
+    for ``num_classes`` object classes.
 
     ``min_size``/``max_size``: evaluation images are resized to a shorter side of ``min_size`` (the last
     one when several) and a longer side of at most ``max_size``; training images are resized by the data
@@ -143,17 +149,23 @@ def build_detector(
     ``box_head_channels`` and ``mask_head_channels`` default to the paper's (256, 1024, 256); smaller
     values make quick models for small images (``box_head_channels`` and ``mask_head_channels`` are the
     two-stage detectors' only; Cascade's box head convs are ``fpn_channels`` wide, as the official 256). Other keywords go to torchvision's detector (``score_thresh``, ``nms_thresh``,
-    ``detections_per_img``, ``box_batch_size_per_image``...; ATSS and GFL: :class:`DenseDetector`'s).
+    ``detections_per_img``, ``box_batch_size_per_image``...; ATSS and GFL: :class:`DenseDetector`'s; Sparse
+    R-CNN: :class:`SparseRCNN`'s, ``num_proposals``, ``num_stages``, ``detections_per_img``...).
     """
     _check_kind(kind)
     if num_classes < 1:
         raise InputError(f"num_classes must be at least 1, got {num_classes}")
     body_and_neck = build_backbone(kind, backbone, fpn_channels=fpn_channels,
                                    pretrained_backbone=pretrained_backbone, drop_path_rate=drop_path_rate)
+    min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    if kind == "sparse_rcnn":
+        if anchor_sizes is not None:
+            raise InputError("anchor_sizes does not apply to sparse_rcnn, which has learned proposals, not anchors")
+        return SparseRCNN(body_and_neck, num_classes, min_size=min_sizes, max_size=max_size, _skip_resize=True,
+                          **detector_kwargs)
     sizes = tuple(anchor_sizes) if anchor_sizes is not None else DEFAULT_ANCHOR_SIZES[kind]
     if len(sizes) != 5:
         raise InputError(f"anchor_sizes needs one base size per FPN level (5), got {list(sizes)}")
-    min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
     common = dict(min_size=min_sizes, max_size=max_size, _skip_resize=True, **detector_kwargs)
     if kind == "retinanet":
         octave = [2 ** (i / RETINANET_SCALES_PER_OCTAVE) for i in range(RETINANET_SCALES_PER_OCTAVE)]
@@ -232,11 +244,16 @@ def build_from_config(model: DetModelConfig, data: DetDataConfig, num_classes: i
     """The detector a training config describes; ``pretrained=False`` leaves out the backbone weights
     (when a detector checkpoint is loaded over it anyway)."""
     weights = model.pretrained if pretrained else None  # "official", a checkpoint path, or None
-    kwargs: dict[str, Any] = dict(detections_per_img=model.detections_per_img) if model.detector in DENSE else dict(
-        box_detections_per_img=model.detections_per_img, box_batch_size_per_image=model.box_batch_size_per_image,
-        rpn_pre_nms_top_n_train=model.rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test=model.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_train=model.rpn_post_nms_top_n_train, rpn_post_nms_top_n_test=model.rpn_post_nms_top_n_test,
-    )
+    kwargs: dict[str, Any] = dict(detections_per_img=model.detections_per_img)
+    if model.detector == "sparse_rcnn":
+        kwargs["num_proposals"] = model.num_proposals
+    elif model.detector not in DENSE:
+        kwargs = dict(
+            box_detections_per_img=model.detections_per_img, box_batch_size_per_image=model.box_batch_size_per_image,
+            rpn_pre_nms_top_n_train=model.rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test=model.rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_train=model.rpn_post_nms_top_n_train,
+            rpn_post_nms_top_n_test=model.rpn_post_nms_top_n_test,
+        )
     return build_detector(
         model.detector, model.backbone, num_classes=num_classes, pretrained_backbone=weights,
         drop_path_rate=model.drop_path_rate, min_size=data.min_size, max_size=data.max_size,
