@@ -174,6 +174,52 @@ def test_fused_cpu_inference_equals_the_plain_modules(name):
     assert model(x).requires_grad
 
 
+needs_bf16 = pytest.mark.skipif(not cpu_inference.ONEDNN_BF16, reason="this CPU's oneDNN has no bfloat16 kernels")
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@needs_bf16
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_tiny"])
+def test_bf16_fused_cpu_inference_equals_the_plain_modules(name):
+    """bfloat16 runs fused, under autocast over float32 weights and as a bfloat16 model, and is as close to
+    the plain modules in bfloat16 (and to float32) as bfloat16 rounding allows; the output is bfloat16."""
+    model = pvtv2.create_model(name).eval()
+    x = torch.randn(2, 3, 96, 112)
+    with torch.inference_mode():
+        full = model(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            assert cpu_inference.can_fuse(model.block1[0], model.patch_embed1(x)[0])
+            fused = model(x)
+            with cpu_inference.unfused():
+                plain = model(x)
+        model_bf16 = model.to(torch.bfloat16)
+        assert cpu_inference.can_fuse(model_bf16.block1[0], model_bf16.patch_embed1(x.bfloat16())[0])
+        fused_bf16 = model_bf16(x.bfloat16())
+        with cpu_inference.unfused():
+            plain_bf16 = model_bf16(x.bfloat16())
+    assert fused.dtype == plain.dtype == fused_bf16.dtype == torch.bfloat16
+    assert not torch.equal(fused, plain)  # the fused kernels did run
+    # bfloat16 keeps 8 bits: ~0.4% per rounding, a few % over a network of random weights.
+    assert _relative(fused, plain) < 0.03 and _relative(fused_bf16, plain_bf16) < 0.03
+    assert _relative(fused, full) < 1.5 * _relative(plain, full) + 0.01
+
+
+@needs_bf16
+def test_bf16_copies_follow_the_weights():
+    """Under autocast the fused kernels keep bfloat16 copies of float32 weights; new weights are recast."""
+    model = pvtv2.create_model("pvt_v2_b0").eval()
+    other = pvtv2.create_model("pvt_v2_b0").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        first = model(x)
+        expected = other(x)
+        model.load_state_dict(other.state_dict())  # copies in place: same tensors, new versions
+        assert torch.equal(model(x), expected) and not torch.equal(first, expected)
+
+
 @pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_tiny"])
 def test_feed_forward_in_bands_equals_the_whole_tensor(name, monkeypatch):
     model = pvtv2.create_model(name, num_classes=0).eval()

@@ -256,6 +256,14 @@ def test_train_eval_predict(folder: Path, tmp_path: Path, capsys: pytest.Capture
     assert lines[0] == images[0] and lines[4] == images[1] and len(lines) == 8
     assert [line.split()[0] for line in lines[1:4]] == ["1.", "2.", "3."]
     assert {line.split()[1] for line in lines[1:4]} <= set(CLASSES)
+    # bfloat16 weights and images: the same probabilities to bfloat16's precision.
+    top = {}
+    for dtype in ("fp32", "bf16"):
+        assert main(["predict", *images, "--checkpoint", str(run / "best.pth"), "--json", "--dtype", dtype]) == 0
+        top[dtype] = [{t["name"]: t["probability"] for t in json.loads(line)["top"]}
+                      for line in capsys.readouterr().out.splitlines()]
+    for full, half in zip(top["fp32"], top["bf16"]):
+        assert full.keys() == half.keys() and all(abs(full[k] - half[k]) < 0.03 for k in full), (full, half)
 
 
 def test_eval_takes_weights_that_are_not_ours(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

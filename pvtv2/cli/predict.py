@@ -2,6 +2,11 @@
 
   pvt predict cat.jpg dog.png --checkpoint runs/my_run/best.pth --topk 5
   pvt predict photo.jpg --checkpoint pvt_v2_b2.pth        # official weights: ImageNet-1K class names
+  pvt predict photo.jpg --checkpoint pvt_v2_b2.pth --dtype bf16   # bfloat16 weights and images
+
+``--dtype bf16`` converts the model to bfloat16 (half the memory); on CPUs with AVX512-BF16 or AMX its
+blocks run on oneDNN's fused bfloat16 kernels (the API: ``model.to(torch.bfloat16)``, or a float32 model
+under ``torch.autocast("cpu", torch.bfloat16)``). Probabilities are computed in float32 either way.
 
 Class names come from the pvt train checkpoint (its training folders); a 1000-class head of other weights
 is given the ImageNet-1K names, any other head class indices.
@@ -18,6 +23,8 @@ import torch
 from ..data import open_rgb
 from .common import CommandError
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -31,6 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--topk", type=int, default=5, help="how many classes per image (default: 5)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights of a pvt train checkpoint")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
+                        help="weights and images in float32 or bfloat16 (default: fp32)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
     parser.set_defaults(handler=run)
 
@@ -46,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     classifier = load_classifier(args.checkpoint, args.model, use_ema=args.ema)
     transform = eval_transform(classifier.img_size, classifier.crop_pct, classifier.interpolation)
-    batch = torch.stack([transform(open_rgb(path)) for path in args.images]).to(device)  # (N, 3, S, S)
+    dtype = DTYPES[args.dtype]
+    batch = torch.stack([transform(open_rgb(path)) for path in args.images]).to(device, dtype)  # (N, 3, S, S)
     with torch.inference_mode():
-        probabilities = classifier.model.to(device)(batch).float().softmax(dim=1)
+        probabilities = classifier.model.to(device, dtype)(batch).float().softmax(dim=1)
     top = probabilities.topk(min(args.topk, probabilities.shape[1]), dim=1)
     for path, values, indices in zip(args.images, top.values.tolist(), top.indices.tolist()):
         names = [classifier.class_names[i] for i in indices]

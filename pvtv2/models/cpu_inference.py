@@ -3,9 +3,15 @@
 oneDNN applies an activation inside the convolution or matmul that feeds it, which saves a pass over
 the FFN's widest tensor (on CPU, exact GELU alone costs more than the depth-wise conv before it).
 PyTorch exposes these kernels only as the ops that Inductor emits, so eager CPU inference calls them
-directly. Autograd, autocast, other devices and graph capture (compile, export, tracing) take the
-plain modules: they either need gradients or do their own fusion. So do blocks with forward hooks,
-which the fused kernels would bypass.
+directly. Autograd, other devices and graph capture (compile, export, tracing) take the plain modules:
+they either need gradients or do their own fusion. So do blocks with forward hooks, which the fused
+kernels would bypass.
+
+Two dtypes run fused: float32, and bfloat16 on CPUs whose oneDNN has bf16 kernels (AVX512-BF16, AMX),
+either a model converted to bfloat16 or a float32 one under ``torch.autocast("cpu", torch.bfloat16)``.
+Under autocast the kernels take bfloat16 copies of the weights, made once and kept while the weights
+are unchanged (autocast itself recasts them in every autocast region), and give bfloat16 tokens, as the
+autocast modules would.
 
 :meth:`PyramidVisionTransformerBase.iter_stages` runs each block through :func:`block_forward` when
 :func:`can_fuse` allows it, else calls the block.
@@ -13,6 +19,7 @@ which the fused kernels would bypass.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,7 +31,11 @@ from .export import capturing_graph
 from .layers import Block, ConvFFN, Mlp, SpatialReductionAttention, image_to_tokens, tokens_to_image
 
 _ONEDNN_FUSION = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+ONEDNN_BF16 = _ONEDNN_FUSION and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 _fusion_enabled = True
+# id of a float32 parameter -> (a weak reference to it, its version when cast, its bfloat16 copy), for
+# autocast (see the module docstring). Keyed by id: tensors compare by value, so they cannot be dict keys.
+_bf16_copies: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
 
 # Fused CPU inference runs the conv FFN a band of rows at a time. Its hidden tensor is mlp_ratio times
 # wider than the tokens (51 MB for B2's first stage at batch 8): made whole, it is a fresh block on every
@@ -50,21 +61,35 @@ def unfused() -> Iterator[None]:
         _fusion_enabled = previous
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype the fused kernels would compute ``x``'s block in (float32 or bfloat16), or None where they
+    do not apply to this dtype or autocast setting."""
+    if torch.is_autocast_enabled("cpu"):
+        autocast_bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
+        return torch.bfloat16 if autocast_bf16 and ONEDNN_BF16 else None
+    if x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and ONEDNN_BF16):
+        return x.dtype
+    return None
+
+
 def can_fuse(block: Block, x: torch.Tensor) -> bool:
-    """Whether :func:`block_forward` may stand in for ``block(x, ...)``: float32 CPU inference without
-    autograd, autocast or graph capture, the block in evaluation mode, and no forward hooks to call."""
+    """Whether :func:`block_forward` may stand in for ``block(x, ...)``: CPU inference without autograd or
+    graph capture in a dtype of :func:`compute_dtype`, the block in evaluation mode, its parameters in that
+    dtype (or float32 under autocast), and no forward hooks to call."""
     if not (
         _ONEDNN_FUSION
         and _fusion_enabled
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
         and not capturing_graph()
         and not block.training
         and not nn_module._global_forward_hooks
         and not nn_module._global_forward_pre_hooks
     ):
         return False
+    dtype = compute_dtype(x)
+    if dtype is None:
+        return False
+    param_dtypes = (torch.float32, dtype) if torch.is_autocast_enabled("cpu") else (dtype,)
     grad = torch.is_grad_enabled()
     if grad and x.requires_grad:
         return False
@@ -74,7 +99,7 @@ def can_fuse(block: Block, x: torch.Tensor) -> bool:
         if module.training or module._forward_hooks or module._forward_pre_hooks:
             return False
         for param in module._parameters.values():
-            if param is not None and (param.dtype != torch.float32 or (grad and param.requires_grad)):
+            if param is not None and (param.dtype not in param_dtypes or (grad and param.requires_grad)):
                 return False
     return True
 
@@ -84,6 +109,7 @@ def block_forward(block: Block, x: torch.Tensor, height: int, width: int) -> tor
 
     Dropout and stochastic depth are off, so each branch adds the residual in its last linear layer.
     """
+    x = x.to(compute_dtype(x))  # under autocast, float32 tokens (from the patch embedding) become bfloat16
     x = _attention(block.attn, block.norm1(x), height, width, residual=x)
     ffn = block.mlp
     if isinstance(ffn, ConvFFN):
@@ -91,33 +117,49 @@ def block_forward(block: Block, x: torch.Tensor, height: int, width: int) -> tor
     return _mlp(ffn, block.norm2(x), residual=x)
 
 
-def band_shape(ffn: ConvFFN, batch: int, height: int, width: int) -> tuple[int, int]:
-    """(images, rows) of each band whose hidden tensor, halo included, is about ``FFN_BAND_BYTES``."""
+def band_shape(ffn: ConvFFN, batch: int, height: int, width: int,
+               dtype: torch.dtype = torch.float32) -> tuple[int, int]:
+    """(images, rows) of each band whose hidden tensor (of ``dtype``), halo included, is about ``FFN_BAND_BYTES``."""
     halo = ffn.dwconv.dwconv.padding[0]
-    row_bytes = width * ffn.fc1.out_features * ffn.fc1.weight.element_size()
+    row_bytes = width * ffn.fc1.out_features * dtype.itemsize
     rows = min(height, max(MIN_BAND_ROWS, FFN_BAND_BYTES // row_bytes - 2 * halo))
     images = max(1, min(batch, FFN_BAND_BYTES // (row_bytes * (rows + 2 * halo))))  # at least 1 (also for batch 0)
     return images, rows
 
 
 # -- the fused kernels ------------------------------------------------------------------------------------
+def _in_dtype(param: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``param`` in the kernels' ``dtype``: itself, or its kept bfloat16 copy under autocast."""
+    if param is None or param.dtype == dtype:
+        return param
+    key = id(param)
+    kept = _bf16_copies.get(key)
+    if kept is None or kept[0]() is not param or kept[1] != param._version:
+        forget = weakref.ref(param, lambda _, key=key: _bf16_copies.pop(key, None))
+        kept = (forget, param._version, param.detach().to(dtype))
+        _bf16_copies[key] = kept
+    return kept[2]
+
+
 def _linear(module: nn.Linear, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
     """``activation(module(x))`` for ``activation`` in {"none", "gelu", "relu"}: one oneDNN matmul with bias
     and activation in its epilogue, which also spares the pass that ``addmm`` makes to broadcast the bias
     into its output (together ~10-20% of a linear layer here)."""
     algorithm = "none" if activation == "gelu" else ""  # "none" selects exact (erf) GELU, not tanh
-    return torch.ops.mkldnn._linear_pointwise(x, module.weight, module.bias, activation, [], algorithm)
+    return torch.ops.mkldnn._linear_pointwise(x, _in_dtype(module.weight, x.dtype), _in_dtype(module.bias, x.dtype),
+                                              activation, [], algorithm)
 
 
 def _linear_add(module: nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """``residual + module(x)``, the sum in the matmul's epilogue."""
-    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, module.weight, module.bias, "add")
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual.to(x.dtype), _in_dtype(module.weight, x.dtype),
+                                                     _in_dtype(module.bias, x.dtype), "add")
 
 
 def _conv_gelu_tokens(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``GELU(conv(x))`` for a channels-last image ``x``, as tokens (B, H*W, C), GELU in the conv's epilogue."""
     return image_to_tokens(torch.ops.mkldnn._convolution_pointwise(
-        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "gelu", [], "none"
+        x, _in_dtype(conv.weight, x.dtype), _in_dtype(conv.bias, x.dtype), conv.padding, conv.stride, conv.dilation, conv.groups, "gelu", [], "none"
     ))
 
 
@@ -131,7 +173,7 @@ def _attention(
 
 
 def _conv_ffn(ffn: ConvFFN, x: torch.Tensor, height: int, width: int, residual: torch.Tensor) -> torch.Tensor:
-    images, rows = band_shape(ffn, x.shape[0], height, width)
+    images, rows = band_shape(ffn, x.shape[0], height, width, x.dtype)
     if images < x.shape[0] or rows < height:
         return _conv_ffn_in_bands(ffn, x, height, width, residual, images, rows)
     hidden = _linear(ffn.fc1, x, "relu" if ffn.linear else "none")
@@ -165,7 +207,7 @@ def _conv_ffn_in_bands(
 
 
 def _mlp(mlp: Mlp, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    chunk = max(1, FFN_BAND_BYTES // (mlp.fc1.out_features * mlp.fc1.weight.element_size()))
+    chunk = max(1, FFN_BAND_BYTES // (mlp.fc1.out_features * x.dtype.itemsize))
     if chunk < x.shape[0] * x.shape[1]:
         return _mlp_in_chunks(mlp, x, residual, chunk)
     return _linear_add(mlp.fc2, _linear(mlp.fc1, x, "gelu"), residual)
