@@ -16,6 +16,7 @@ from pvtv2.bench import isolated
 from pvtv2.bench.peers import peers_of
 from pvtv2.bench.suite import BenchConfig, growth_exponent
 from pvtv2.cli.main import main
+from pvtv2.models import cpu_inference
 
 TINY = [
     "bench", "--models", "pvt_v2_b0", "pvt_tiny", "--image-size", "64", "--batch", "1", "--train-batch", "1",
@@ -24,6 +25,7 @@ TINY = [
     # One thread: nothing here is timed, and on a busy machine two threads can wait ~10 ms on each other
     # at every op (the run then takes minutes instead of seconds).
     "--threads", "1",
+    "--no-onnxruntime", "--no-bf16",  # their rows: test_bench_adds_bf16_and_onnxruntime_rows
 ]
 IMPL_FIGURES = {"median_s", "times_s", "images_per_s", "gflops_per_s", "peak_fraction", "peak_memory_mb",
                 "page_faults_per_call"}
@@ -86,6 +88,26 @@ def test_bench_prints_the_tables(tiny_run: tuple[int, str, Path]) -> None:
     for title in ("throughput (images/s)", "peak memory (MB)", "cost against resolution", "growth exponent"):
         assert title in printed
     assert "ours/timm" in printed and "ours/HF" in printed
+
+
+def test_bench_adds_bf16_and_onnxruntime_rows(tmp_path: Path) -> None:
+    """A plain CPU run also times inference under bf16 autocast (every implementation, where the CPU has
+    bf16 kernels) and ours exported to ONNX in onnxruntime beside our eager model, on the same numbers."""
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["bench", "--models", "pvt_v2_b0", "--image-size", "64", "--batch", "1", "--train-batch", "0",
+                     "--sweep-models", "--warmup", "0", "--rounds", "1", "--threads", "1",
+                     "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "bench.json").read_text())
+    rows = {row["task"]: row for row in results["throughput"]}
+    expected = ["inference", *(["inference bf16"] if cpu_inference.ONEDNN_BF16 else []), "inference onnxruntime"]
+    assert list(rows) == expected
+    assert list(rows["inference onnxruntime"]["impls"]) == ["ours", "onnxruntime"]
+    assert rows["inference onnxruntime"]["max_rel_diff"]["onnxruntime"] < 1e-4
+    assert "infer ORT b1" in printed.getvalue() and "ours/onnxruntime" in printed.getvalue()
+    if cpu_inference.ONEDNN_BF16:
+        assert list(rows["inference bf16"]["impls"]) == ["ours", *peers_of("pvt_v2_b0")]
+        assert max(rows["inference bf16"]["max_rel_diff"].values()) < 0.05  # bf16 rounding, same weights
+        assert results["machine"]["attainable_peak_bf16"]["gflops"] > 0
 
 
 def test_growth_exponent_recovers_a_power_law() -> None:

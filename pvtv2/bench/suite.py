@@ -3,7 +3,10 @@
 Every measurement runs our model and its peers (timm, HF transformers: see ``peers.py``) holding the same
 weights, in one process, interleaved round by round (``timing.py``); figures are medians. Three kinds:
 
-- inference: images/s of a forward pass under ``torch.inference_mode`` at each batch size;
+- inference: images/s of a forward pass under ``torch.inference_mode`` at each batch size; on a CPU also
+  (``inference bf16``) under ``torch.autocast("cpu", torch.bfloat16)`` for every implementation, where
+  oneDNN has bfloat16 kernels, and (``inference onnxruntime``) ours exported by ``pvt export`` and run by
+  onnxruntime beside our eager model, when onnxruntime is installed;
 - training: images/s of one step (forward, cross-entropy, backward, AdamW step), each implementation
   with its own copy of the weights and its own optimizer;
 - resolution sweep: batch-1 inference time and memory from 224 px up, with the growth exponent of each
@@ -21,9 +24,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.metadata
+import importlib.util
 import os
 import platform
+import tempfile
 import time
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,8 +43,10 @@ from torch import nn
 from ..errors import InputError
 from ..engine.allocator import ALLOCATORS, keep_freed_memory
 from ..models import create_model, list_models
+from ..models import cpu_inference
 from ..models.complexity import count_flops, create_for_counting
-from .machine import describe_machine
+from ..models.export import export_onnx
+from .machine import attainable_peak_gflops, describe_machine
 from .memory import describe_method, measure_peak_memory
 from .peers import is_v2, peer_with_weights_of, peers_of, relative_error
 from .timing import interleaved_times, median, synchronizer, warm_up
@@ -74,6 +82,10 @@ class BenchConfig:
     amp: str | None = None  # "bf16": autocast to bfloat16
     threads: int | None = None  # torch's CPU threads for the run (default: torch's own choice, all cores)
     allocator: str = "system"  # "keep": glibc keeps freed memory, no page faults (see allocator.py)
+    # Extra inference rows of plain float32 CPU runs (no --amp, --compile, --channels-last): bf16 autocast for
+    # every implementation where the CPU has bf16 kernels; ours in onnxruntime where it is installed.
+    bf16: bool = True
+    onnxruntime: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -116,6 +128,21 @@ class BenchConfig:
         return cls(device=device, **{**settings, **overrides})
 
     @property
+    def plain_cpu(self) -> bool:
+        return self.device == "cpu" and self.amp is None and not self.compile and not self.channels_last
+
+    @property
+    def runs_bf16(self) -> bool:
+        """Whether inference is also timed under bf16 autocast (a CPU with oneDNN bf16 kernels)."""
+        return self.bf16 and self.plain_cpu and cpu_inference.ONEDNN_BF16
+
+    @property
+    def runs_onnxruntime(self) -> bool:
+        """Whether our model is also timed in onnxruntime (installed, with the exporter's onnxscript)."""
+        installed = all(importlib.util.find_spec(p) is not None for p in ("onnxruntime", "onnxscript"))
+        return self.onnxruntime and self.plain_cpu and installed
+
+    @property
     def dtype(self) -> torch.dtype:
         """The dtype the matmuls run in: float32, or bfloat16 under autocast."""
         return torch.bfloat16 if self.amp == "bf16" else torch.float32
@@ -146,12 +173,24 @@ def _run(config: BenchConfig, log: Log) -> dict[str, Any]:
     machine = describe_machine(config.device, config.dtype)
     log(f"machine: {machine['name']}, attainable peak {machine['attainable_peak']['gflops']:.1f} GFLOP/s")
     peak = machine["attainable_peak"]["gflops"]
+    bf16_config = dataclasses.replace(config, amp="bf16")
+    if config.runs_bf16:
+        machine["attainable_peak_bf16"] = attainable_peak_gflops(config.device, torch.bfloat16)
     throughput = []
     for name in config.models:
         models = _eager_models(name, config.device, config.image_size)
-        for batch in config.infer_batches:
-            throughput.append(_measure_inference(name, models, batch, config, peak))
-            log(_progress(throughput[-1]))
+        with tempfile.TemporaryDirectory() as folder:
+            session = _onnxruntime_session(models[OURS], Path(folder), config) if config.runs_onnxruntime else None
+            for batch in config.infer_batches:
+                throughput.append(_measure_inference(name, models, batch, config, peak))
+                log(_progress(throughput[-1]))
+                if config.runs_bf16:
+                    throughput.append(_measure_inference(name, models, batch, bf16_config,
+                                                         machine["attainable_peak_bf16"]["gflops"], "inference bf16"))
+                    log(_progress(throughput[-1]))
+                if session is not None:
+                    throughput.append(_measure_onnxruntime(name, models[OURS], session, batch, config, peak))
+                    log(_progress(throughput[-1]))
         if config.train_batch:
             throughput.append(_measure_training(name, models, config.train_batch, config, peak))
             log(_progress(throughput[-1]))
@@ -227,11 +266,32 @@ def _training_call(model: nn.Module, images: torch.Tensor, config: BenchConfig) 
 
 # -- the measurements -------------------------------------------------------------------------------------
 def _measure_inference(
-    name: str, models: Mapping[str, nn.Module], batch: int, config: BenchConfig, peak: float
+    name: str, models: Mapping[str, nn.Module], batch: int, config: BenchConfig, peak: float, task: str = "inference"
 ) -> dict[str, Any]:
     images = bench_images(batch, config.image_size, config)
     calls = {impl: inference_call(model, images, config) for impl, model in prepared_models(models, config).items()}
-    return _timed_row(name, "inference", batch, config.image_size, calls, config, peak, flops_factor=2)
+    return _timed_row(name, task, batch, config.image_size, calls, config, peak, flops_factor=2)
+
+
+def _onnxruntime_session(model: nn.Module, folder: Path, config: BenchConfig) -> Any:
+    """Our model exported as ``pvt export`` writes it (any batch and size), in an onnxruntime CPU session
+    with the run's threads, as a user would deploy it."""
+    import onnxruntime
+
+    path = export_onnx(model, folder / "model.onnx", example_size=(config.image_size, config.image_size))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _measure_onnxruntime(name: str, ours: nn.Module, session: Any, batch: int, config: BenchConfig,
+                         peak: float) -> dict[str, Any]:
+    """Our eager model against itself in onnxruntime, on the same images."""
+    images = bench_images(batch, config.image_size, config)
+    feed = {session.get_inputs()[0].name: images.numpy()}
+    calls = {OURS: inference_call(ours, images, config),
+             "onnxruntime": lambda: torch.from_numpy(session.run(None, feed)[0])}
+    return _timed_row(name, "inference onnxruntime", batch, config.image_size, calls, config, peak, flops_factor=2)
 
 
 def _measure_training(

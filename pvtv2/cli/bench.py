@@ -37,6 +37,10 @@ from ..engine.allocator import ALLOCATORS
 from .common import CommandError, format_table, select_models
 
 PEER_TITLES = {"timm": "timm", "hf": "HF"}
+# What the throughput table shows beside ours: the peers, and ours in onnxruntime (its own rows).
+OTHER_TITLES = {**PEER_TITLES, "onnxruntime": "onnxruntime"}
+TASK_WORDS = {"inference": "infer", "inference bf16": "infer bf16", "inference onnxruntime": "infer ORT",
+              "training": "train"}
 BUSY_LOAD_PER_CPU = 0.25  # a 1-minute load average above this per CPU means the machine was not idle
 ISOLATED_RUNS = 3  # fresh processes per implementation under --isolate, unless --runs says otherwise
 
@@ -54,6 +58,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile every implementation")
     parser.add_argument("--channels-last", action="store_true", help="channels-last weights and images")
     parser.add_argument("--amp", choices=("bf16",), help="autocast to this dtype (meant for GPUs)")
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="skip the bf16-autocast inference rows a CPU with bf16 kernels gets by default")
+    parser.add_argument("--no-onnxruntime", action="store_true",
+                        help="skip the onnxruntime rows (ours exported to ONNX) of CPU runs with onnxruntime installed")
     parser.add_argument("--allocator", choices=ALLOCATORS, default="system",
                         help="system: the C allocator as is (what users run); keep: glibc keeps freed memory, "
                              "so no call page-faults and the kernels alone are compared (default: system)")
@@ -83,7 +91,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """The preset of --device and --quick, with whatever the other options set."""
     overrides: dict[str, Any] = dict(compile=args.compile, channels_last=args.channels_last, amp=args.amp,
-                                     allocator=args.allocator)
+                                     allocator=args.allocator, bf16=not args.no_bf16,
+                                     onnxruntime=not args.no_onnxruntime)
     if args.isolate:
         # Rejected rather than ignored: a user asking for them would otherwise think they had run.
         in_process_only = dict(train_batch="--train-batch", sweep_models="--sweep-models", sizes="--sizes",
@@ -234,7 +243,7 @@ def _isolated_processes_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _task(row: dict[str, Any]) -> str:
-    return f"{'infer' if row['task'] == 'inference' else 'train'} b{row['batch']}"
+    return f"{TASK_WORDS.get(row['task'], row['task'])} b{row['batch']}"
 
 
 def _throughput_table(rows: list[dict[str, Any]]) -> str:
@@ -244,13 +253,13 @@ def _throughput_table(rows: list[dict[str, Any]]) -> str:
         diffs = row.get("max_rel_diff", {})
         text_rows.append(dict(
             model=row["model"], task=_task(row), ours=f"{ours['images_per_s']:.1f}",
-            **{peer: _maybe(impls.get(peer), lambda r: f"{r['images_per_s']:.1f}") for peer in PEERS},
-            **{f"vs_{peer}": _maybe(row["ratios"].get(f"ours/{peer}"), lambda r: f"{r:.2f}x") for peer in PEERS},
+            **{peer: _maybe(impls.get(peer), lambda r: f"{r['images_per_s']:.1f}") for peer in OTHER_TITLES},
+            **{f"vs_{peer}": _maybe(row["ratios"].get(f"ours/{peer}"), lambda r: f"{r:.2f}x") for peer in OTHER_TITLES},
             gflops=f"{ours['gflops_per_s']:.1f}", fraction=f"{100 * ours['peak_fraction']:.0f}%",
             diff=_maybe(max(diffs.values(), default=None), lambda d: f"{d:.0e}"),
         ))
-    headers = dict(model="model", task="task", ours="ours", **PEER_TITLES,
-                   **{f"vs_{peer}": f"ours/{title}" for peer, title in PEER_TITLES.items()},
+    headers = dict(model="model", task="task", ours="ours", **OTHER_TITLES,
+                   **{f"vs_{peer}": f"ours/{title}" for peer, title in OTHER_TITLES.items()},
                    gflops="ours GFLOP/s", fraction="of peak", diff="max rel. diff")
     return format_table(text_rows, headers)
 
@@ -260,10 +269,10 @@ def _memory_table(rows: list[dict[str, Any]], field: str = "peak_memory_mb") -> 
     text_rows = [
         dict(model=row["model"], task=_task(row),
              **{impl: _maybe(row["impls"].get(impl), lambda r: _maybe(r.get(field), lambda v: f"{v:.0f}"))
-                for impl in ("ours", *PEERS)})
+                for impl in ("ours", *OTHER_TITLES)})
         for row in rows
     ]
-    return format_table(text_rows, dict(model="model", task="task", ours="ours", **PEER_TITLES))
+    return format_table(text_rows, dict(model="model", task="task", ours="ours", **OTHER_TITLES))
 
 
 def _sweep_table(rows: list[dict[str, Any]]) -> str:
