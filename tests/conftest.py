@@ -1,7 +1,12 @@
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+from pvtv2.data.shapes import write_coco_shapes
+
+DETECTION_SCENE_SIZE = 64  # the tiny detectors' scenes (each detection test module's SIZE)
 
 
 @pytest.fixture(autouse=True)
@@ -17,3 +22,10 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 training and 4 held-out generated 64-pixel COCO-format scenes for the detection tests (read only)."""
+    return write_coco_shapes(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=4, size=DETECTION_SCENE_SIZE,
+                             seed=1, max_objects=3)

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from pvtv2.data.shapes import write_coco_shapes
 from pvtv2.detection import build_detector
 from pvtv2.detection.cascade import STAGE_LOSS_WEIGHTS, CascadeRoIHeads
 from pvtv2.detection.complexity import COCO_CLASSES, table4_rows
@@ -26,12 +25,6 @@ TINY = dict(fpn_channels=16, box_head_channels=32, mask_head_channels=16, anchor
             rpn_post_nms_top_n_test=50)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: see conftest.py
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_coco_shapes(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=4, size=SIZE, seed=1,
-                             max_objects=3)
 
 
 def _tiny(**kwargs: object) -> torch.nn.Module:

@@ -19,7 +19,6 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from pvtv2.cli.main import main
-from pvtv2.data.shapes import write_coco_shapes
 from pvtv2.detection import build_backbone, build_detector
 from pvtv2.detection.assigners import atss_assign
 from pvtv2.detection.augment import RandomSizeCrop, official_multiscale
@@ -41,12 +40,6 @@ TINY = dict(fpn_channels=32, anchor_sizes=(16, 32, 64, 128, 256), min_size=SIZE,
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: see conftest.py
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_coco_shapes(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=4, size=SIZE, seed=1,
-                             max_objects=3)
 
 
 # Level 0: four 10x10 anchors, centres (5, 5), (15, 5), (5, 15), (15, 15); level 1: one 20x20 anchor, centre (10, 10).

@@ -17,7 +17,6 @@ from PIL import Image
 from pvtv2.models import reference
 from pvtv2.cli.main import main
 from pvtv2.data import DatasetError
-from pvtv2.data.shapes import write_coco_shapes
 from pvtv2.detection import build_backbone, build_detector
 from pvtv2.detection.complexity import PAPER_COLUMN, complexity_rows
 from pvtv2.detection.config import DetectionConfig
@@ -41,12 +40,6 @@ TINY = dict(fpn_channels=32, box_head_channels=64, mask_head_channels=32, anchor
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: see conftest.py
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_coco_shapes(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=4, size=SIZE, seed=1,
-                             max_objects=3)
 
 
 def _dataset(root: Path, split: str, train: bool, with_masks: bool = True) -> CocoDetection:

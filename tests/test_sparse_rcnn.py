@@ -11,7 +11,6 @@ import pytest
 import torch
 from torchvision.ops import generalized_box_iou
 
-from pvtv2.data.shapes import write_coco_shapes
 from pvtv2.detection import build_detector
 from pvtv2.detection.complexity import COCO_CLASSES, table4_rows
 from pvtv2.detection.config import DetectionConfig
@@ -29,12 +28,6 @@ SIZE = 64
 TINY = dict(fpn_channels=16, num_proposals=12, num_stages=2, min_size=SIZE, max_size=SIZE, detections_per_img=20)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: see conftest.py
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_coco_shapes(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=4, size=SIZE, seed=1,
-                             max_objects=3)
 
 
 def _tiny(**kwargs: object) -> torch.nn.Module:

@@ -1,5 +1,6 @@
 """Object detection and instance segmentation with PVT backbones on COCO-format data, built from torchvision's
-detection models: RetinaNet and Mask R-CNN (section 5.2 of the paper, Table 3), ATSS and GFL (Table 4).
+detection models: RetinaNet and Mask R-CNN (section 5.2 of the paper, Table 3), ATSS, GFL, Cascade Mask R-CNN and
+Sparse R-CNN (Table 4).
 
 The names below are imported on first use, so that building the ``pvt`` parser (which reads this
 package's config schema) does not import torchvision's detection stack.
