@@ -18,6 +18,7 @@ from pvtv2.detection.sparse_rcnn import (
     FOCAL_ALPHA, FOCAL_WEIGHT, GIOU_WEIGHT, L1_WEIGHT, NUM_PROPOSALS, NUM_STAGES, DynamicConv, SparseStage,
     hungarian_match, matching_cost,
 )
+from pvtv2.engine.config import ConfigError
 from pvtv2.errors import InputError
 from pvtv2.models import reference
 from pvtv2.models.complexity import count_params
@@ -159,6 +160,9 @@ def test_bad_settings_are_errors() -> None:
         _tiny(anchor_sizes=(8, 16, 32, 64, 128))
     with pytest.raises(InputError, match="num_proposals must be at least 1"):
         _tiny(num_proposals=0)
+    # A config says so when it is loaded, before any data is read.
+    with pytest.raises(ConfigError, match="fpn_channels must be a multiple of 8 for sparse_rcnn"):
+        DetectionConfig.from_dict(dict(model=dict(detector="sparse_rcnn", fpn_channels=60)))
 
 
 @pytest.mark.parametrize("backbone", ["pvt_v2_b2", "pvt_v2_b2_li"])

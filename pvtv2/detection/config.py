@@ -18,6 +18,7 @@ from ..engine.config import Config, ConfigError, RunSection, checked
 
 MASK_DETECTORS = ("mask_rcnn", "cascade_mask_rcnn")
 GROUP_NORM_GROUPS = 32  # ATSS's and GFL's head towers: GroupNorm(32), as MMDetection's
+SPARSE_RCNN_HEADS = 8  # Sparse R-CNN's self-attention heads, as the official DIIHead's
 
 
 @dataclass
@@ -121,6 +122,9 @@ class DetectionConfig(Config):
         if self.data.min_size > self.data.max_size:
             raise ConfigError(f"data.min_size ({self.data.min_size}) must not exceed data.max_size "
                               f"({self.data.max_size})")
+        if self.model.detector == "sparse_rcnn" and self.model.fpn_channels % SPARSE_RCNN_HEADS:
+            raise ConfigError(f"model.fpn_channels must be a multiple of {SPARSE_RCNN_HEADS} for sparse_rcnn (its "
+                              f"self-attention has {SPARSE_RCNN_HEADS} heads), got {self.model.fpn_channels}")
         dense = self.model.detector in ("atss", "gfl")
         if dense and self.model.fpn_channels % GROUP_NORM_GROUPS:
             raise ConfigError(f"model.fpn_channels must be a multiple of {GROUP_NORM_GROUPS} for {self.model.detector} "

@@ -38,11 +38,12 @@ from torchvision.ops import box_convert, generalized_box_iou, generalized_box_io
 
 from ..engine.distributed import mean_over_processes
 from ..errors import InputError
+from .config import SPARSE_RCNN_HEADS
 from .roi_align import FPN_LEVELS, AlignedMultiScaleRoIAlign
 
 NUM_STAGES = 6
 NUM_PROPOSALS = 300
-NUM_HEADS = 8
+NUM_HEADS = SPARSE_RCNN_HEADS  # the config checks fpn_channels against it
 FEATURE_CHANNELS = 256
 DYNAMIC_CHANNELS = 64
 FFN_CHANNELS = 2048
