@@ -91,8 +91,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """The preset of --device and --quick, with whatever the other options set."""
     overrides: dict[str, Any] = dict(compile=args.compile, channels_last=args.channels_last, amp=args.amp,
-                                     allocator=args.allocator, bf16=not args.no_bf16,
-                                     onnxruntime=not args.no_onnxruntime)
+                                     allocator=args.allocator)
+    if args.no_bf16:
+        overrides["bf16"] = False
+    if args.no_onnxruntime:
+        overrides["onnxruntime"] = False
     if args.isolate:
         # Rejected rather than ignored: a user asking for them would otherwise think they had run.
         in_process_only = dict(train_batch="--train-batch", sweep_models="--sweep-models", sizes="--sizes",
