@@ -126,6 +126,20 @@ def test_training_step_gives_finite_losses_per_stage_and_gradients_everywhere() 
         assert stage.bbox_pred.weight.grad.abs().sum() > 0 and stage.cls_score.weight.grad.abs().sum() > 0
 
 
+def test_boxes_pass_between_stages_without_gradient() -> None:
+    """A stage's box losses reach its own box regressor, not the previous stage's: the boxes it refines are
+    detached (its proposal features are not, so the earlier stages' other layers still learn from it)."""
+    model = _tiny(num_stages=2).train()
+    images, targets = _targets()
+    losses = model(images, targets)
+    (losses["loss_l1_s2"] + losses["loss_giou_s2"]).backward()
+    first, second = model.stages
+    assert second.bbox_pred.weight.grad.abs().sum() > 0
+    assert first.bbox_pred.weight.grad is None or first.bbox_pred.weight.grad.abs().sum() == 0
+    assert first.interaction.dynamic_layer.weight.grad.abs().sum() > 0  # through the proposal features
+    assert model.proposal_boxes.weight.grad is None or model.proposal_boxes.weight.grad.abs().sum() == 0
+
+
 def test_batch_without_objects_gives_zero_box_losses() -> None:
     model = _tiny().train()
     images, targets = _targets()

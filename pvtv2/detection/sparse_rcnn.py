@@ -223,13 +223,16 @@ class SparseRCNN(nn.Module):
         """Every stage's class logits (B, P, K) and refined boxes (B, P, 4), in order."""
         boxes, proposal_features = self.initial_proposals(image_sizes)
         outputs = []
-        for stage in self.stages:
-            rois = boxes.detach()  # boxes move between stages without gradient (MMDetection's detach_proposal_list)
-            pooled = self.roi_pool(features, list(rois), image_sizes)
+        for index, stage in enumerate(self.stages):
+            pooled = self.roi_pool(features, list(boxes.detach()), image_sizes)
             logits, deltas, proposal_features = stage(pooled, proposal_features)
-            # Decoded in float, unclipped (the official coder's clip_border=False); the gradient reaches the
-            # stage's deltas and, at the first stage, the learned proposal boxes.
-            boxes = self.box_coder.decode_single(deltas.reshape(-1, 4).float(), boxes.reshape(-1, 4)).view_as(boxes)
+            # Decoded in float, unclipped (the official coder's clip_border=False), from the stage's input boxes:
+            # the learned proposals at the first stage (so they learn), the previous stage's boxes detached
+            # after it (MMDetection's detach_proposal_list), so that a stage's box losses reach its own deltas
+            # only.
+            reference = boxes if index == 0 else boxes.detach()
+            boxes = self.box_coder.decode_single(deltas.reshape(-1, 4).float(),
+                                                 reference.reshape(-1, 4)).view_as(boxes)
             outputs.append((logits, boxes))
         return outputs
 
