@@ -211,10 +211,14 @@ class SparseRCNN(nn.Module):
                         ffn_channels=ffn_channels) for _ in range(num_stages))
         self.box_coder = BoxCoder(tuple(1 / s for s in BOX_STDS))
 
+    def image_whwh(self, image_sizes: list[tuple[int, int]]) -> Tensor:
+        """(B, 4) each image's (width, height, width, height): the scale of its normalised boxes."""
+        return torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=torch.float32,
+                            device=self.proposal_boxes.weight.device)
+
     def initial_proposals(self, image_sizes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
         """Each image's proposal boxes in its pixels (B, P, 4) and the proposal features (B, P, C)."""
-        whwh = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=torch.float32,
-                            device=self.proposal_boxes.weight.device)
+        whwh = self.image_whwh(image_sizes)
         boxes = box_convert(self.proposal_boxes.weight.float(), "cxcywh", "xyxy")[None] * whwh[:, None]
         features = self.proposal_features.weight[None].expand(len(image_sizes), -1, -1)
         return boxes, features
@@ -252,13 +256,13 @@ class SparseRCNN(nn.Module):
     def losses(self, outputs: list[tuple[Tensor, Tensor]], targets: list[dict[str, Tensor]],
                image_sizes: list[tuple[int, int]]) -> dict[str, Tensor]:
         """Every stage's focal, L1 and GIoU losses on its own Hungarian matching (``loss_focal_s1``, ...)."""
-        whwh = [torch.tensor([w, h, w, h], dtype=torch.float32, device=outputs[0][1].device) for h, w in image_sizes]
+        whwh = self.image_whwh(image_sizes)
         gt_boxes = [t["boxes"].float() for t in targets]
         gt_labels = [t["labels"].long() - 1 for t in targets]  # 1..K -> 0..K-1
         # MMDetection's avg_factor: the matched proposals (here every ground-truth box) averaged over the
         # processes; at least 1, so that a batch without objects gives zero box losses instead of 0 / 0.
         normaliser = mean_over_processes(torch.tensor(float(sum(len(b) for b in gt_boxes)),
-                                                      device=whwh[0].device)).clamp(min=1)
+                                                      device=whwh.device)).clamp(min=1)
         losses: dict[str, Tensor] = {}
         for index, (logits, boxes) in enumerate(outputs):
             class_targets = torch.zeros_like(logits, dtype=torch.float32)

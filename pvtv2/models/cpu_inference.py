@@ -109,7 +109,8 @@ def block_forward(block: Block, x: torch.Tensor, height: int, width: int) -> tor
 
     Dropout and stochastic depth are off, so each branch adds the residual in its last linear layer.
     """
-    x = x.to(compute_dtype(x))  # under autocast, float32 tokens (from the patch embedding) become bfloat16
+    if torch.is_autocast_enabled("cpu"):  # can_fuse allowed bf16 autocast only: float32 tokens become bfloat16
+        x = x.to(torch.bfloat16)
     x = _attention(block.attn, block.norm1(x), height, width, residual=x)
     ffn = block.mlp
     if isinstance(ffn, ConvFFN):
@@ -152,7 +153,7 @@ def _linear(module: nn.Linear, x: torch.Tensor, activation: str = "none") -> tor
 
 def _linear_add(module: nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """``residual + module(x)``, the sum in the matmul's epilogue."""
-    return torch.ops.mkldnn._linear_pointwise.binary(x, residual.to(x.dtype), _in_dtype(module.weight, x.dtype),
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, _in_dtype(module.weight, x.dtype),
                                                      _in_dtype(module.bias, x.dtype), "add")
 
 
