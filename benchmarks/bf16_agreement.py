@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
 from pvtv2.classification.digits import Digits
 from pvtv2.classification.inference import load_classifier
 from pvtv2.classification.transforms import eval_transform
+from pvtv2.errors import PvtError
 from pvtv2.models import cpu_inference
 
 
@@ -24,7 +26,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a pvt train checkpoint of the digits demo")
     args = parser.parse_args()
-    classifier = load_classifier(args.checkpoint)
+    try:
+        classifier = load_classifier(args.checkpoint)
+    except PvtError as error:  # a user's mistake (missing file, not a classifier checkpoint): one line
+        sys.exit(f"bf16_agreement.py: error: {error}")
     transform = eval_transform(classifier.img_size, classifier.crop_pct, classifier.interpolation)
     held_out = Digits("val", classifier.img_size, transform)
     images = torch.stack([image for image, _ in held_out])
