@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
 from . import cpu_inference
-from .layers import Block, PatchEmbed, init_weights, tokens_to_image
+from .layers import Block, Linear, PatchEmbed, init_weights, tokens_to_image
 
 NUM_STAGES = 4
 
@@ -127,7 +127,7 @@ class PyramidVisionTransformerBase(nn.Module):
             )
             self.num_features = embed_dims[-1]
             self.head_drop = nn.Dropout(drop_rate)
-            self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+            self.head = Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
 
     # -- what a family defines -------------------------------------------------------------------------
     def embed(self, stage: int, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -208,7 +208,7 @@ class PyramidVisionTransformerBase(nn.Module):
             raise RuntimeError("a features_only model has no classifier")
         _check_num_classes(num_classes)
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             init_weights(self.head)
 

@@ -1,0 +1,86 @@
+"""Linear layers under autograd on the CPU, on oneDNN's matmul for the forward and both backward products.
+
+PyTorch's CPU ``addmm`` / ``mm`` call MKL's sgemm, which on AMD CPUs runs far below the machine's peak:
+for PVTv2's token matmuls (tens of thousands of rows, 32-640 channels) measured on an AMD EPYC Zen 4, one
+thread, MKL reached 30-110 GFLOP/s where oneDNN reached 150-245 GFLOP/s on the same products
+(benchmarks/RESULTS.md). PyTorch reaches oneDNN's float32 matmul only through the op Inductor emits
+(``torch.ops.mkldnn._linear_pointwise``), which has no autograd formula, hence this function. oneDNN reads
+transposed views in place, so the two backward products need no copies of the activations.
+
+Only float32 on the CPU outside autocast and graph capture takes this path (see :func:`applies`);
+everything else runs ``F.linear``. Results agree with ``F.linear`` to float rounding (another summation
+order), not bitwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .export import capturing_graph
+
+_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_enabled = True
+
+
+def set_enabled(enabled: bool) -> bool:
+    """Switch the oneDNN training linear on or off (e.g. to compare with ``F.linear``); returns the previous setting."""
+    global _enabled
+    previous, _enabled = _enabled, enabled
+    return previous
+
+
+def _matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """``a @ b_t.T`` on oneDNN for 2-D ``a`` (M, K) and ``b_t`` (N, K), either of them possibly a transposed view."""
+    return torch.ops.mkldnn._linear_pointwise(a, b_t, None, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        out_features, in_features = weight.shape
+        grad = grad_out.reshape(-1, out_features)
+        rows = x.reshape(-1, in_features)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _matmul(grad, weight.t()).reshape(x.shape)
+        if ctx.needs_input_grad[1]:
+            # grad^T @ x, as the product whose output has the fewer rows: measured 1.2-2.2x faster than the
+            # other orientation for these shapes (oneDNN parallelises and blocks over the output rows).
+            if out_features <= in_features:
+                grad_weight = _matmul(grad.t(), rows.t())
+            else:
+                grad_weight = _matmul(rows.t(), grad.t()).t()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`linear` runs on oneDNN: autograd recording float32 CPU tensors, no autocast, no graph
+    capture (compile and export trace ``F.linear``)."""
+    return (
+        _ONEDNN_LINEAR
+        and _enabled
+        and torch.is_grad_enabled()
+        and (x.requires_grad or weight.requires_grad)
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not capturing_graph()
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, on oneDNN where :func:`applies`."""
+    if applies(x, weight):
+        return _OneDNNLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
