@@ -208,6 +208,29 @@ def test_bf16_fused_cpu_inference_equals_the_plain_modules(name):
 
 
 @needs_bf16
+@pytest.mark.parametrize("heads", [1, 5])
+def test_bf16_attention_equals_the_flash_kernel(heads, monkeypatch):
+    """The fused path's bfloat16 attention (matmuls in bfloat16, softmax in float32) against PyTorch's flash
+    kernel, and the flash kernel itself above ATTENTION_SCORES_BYTES; float32 is the module's own."""
+    from pvtv2.models.layers import SpatialReductionAttention
+
+    torch.manual_seed(0)
+    attn = SpatialReductionAttention(40, heads, sr_ratio=2).eval()
+    q, kv = torch.randn(2, 300, 40), torch.randn(2, 75, 80)
+    with torch.inference_mode():
+        exact = attn.attend(q, kv)
+        assert torch.equal(cpu_inference._attend(attn, q, kv), exact)
+        q16, kv16 = q.bfloat16(), kv.bfloat16()
+        flash = attn.attend(q16, kv16)
+        fused = cpu_inference._attend(attn, q16, kv16)
+        monkeypatch.setattr(cpu_inference, "ATTENTION_SCORES_BYTES", 2 * heads * 300 * 75 * 4 - 1)
+        assert torch.equal(cpu_inference._attend(attn, q16, kv16), flash)
+    assert fused.dtype == torch.bfloat16 and fused.shape == exact.shape
+    assert not torch.equal(fused, flash)
+    assert _relative(fused, exact) < 0.01 and _relative(fused, exact) < 2 * _relative(flash, exact) + 0.002
+
+
+@needs_bf16
 def test_bf16_copies_follow_the_weights():
     """Under autocast the fused kernels keep bfloat16 copies of float32 weights; new weights are recast."""
     model = pvtv2.create_model("pvt_v2_b0").eval()
