@@ -181,7 +181,7 @@ ATTENTION_SCORES_BYTES = 32 * 1024 * 1024
 
 def _attend(attn: SpatialReductionAttention, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
     """``attn.attend(q, kv)``; in bfloat16 as autocast runs a plain attention: both matmuls on oneDNN's
-    bfloat16 kernels, the softmax in float32. PyTorch's bfloat16 flash kernel for the CPU is 1.5-1.9x slower
+    bfloat16 kernels, the softmax in float32. PyTorch's bfloat16 flash kernel for the CPU is 1.4-2.0x slower
     than that at PVT's shapes (few keys: 49 for every PVTv2 stage at 224 px) on a CPU without AMX."""
     batch, num_tokens, dim = q.shape
     scores_bytes = batch * attn.num_heads * num_tokens * kv.shape[1] * 4
