@@ -180,18 +180,19 @@ ATTENTION_SCORES_BYTES = 32 * 1024 * 1024
 
 
 def _attend(attn: SpatialReductionAttention, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-    """``attn.attend(q, kv)``; in bfloat16 as autocast runs a plain attention: both matmuls on oneDNN's
-    bfloat16 kernels, the softmax in float32. PyTorch's bfloat16 flash kernel for the CPU is 1.4-2.0x slower
-    than that at PVT's shapes (few keys: 49 for every PVTv2 stage at 224 px) on a CPU without AMX."""
-    batch, num_tokens, dim = q.shape
+    """``attn.attend(q, kv)``, bfloat16 on :func:`_bf16_attention` up to ``ATTENTION_SCORES_BYTES``."""
+    batch, num_tokens, _ = q.shape
     scores_bytes = batch * attn.num_heads * num_tokens * kv.shape[1] * 4
-    if q.dtype != torch.bfloat16 or scores_bytes > ATTENTION_SCORES_BYTES:
-        return attn.attend(q, kv)
-    head_dim = dim // attn.num_heads
-    q = q.reshape(batch, num_tokens, attn.num_heads, head_dim).transpose(1, 2)
-    k, v = kv.reshape(batch, kv.shape[1], 2, attn.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    weights = torch.softmax((q @ k.transpose(-2, -1)).float().mul_(head_dim**-0.5), dim=-1).to(q.dtype)
-    return (weights @ v).transpose(1, 2).reshape(batch, num_tokens, dim)
+    small_bf16 = q.dtype == torch.bfloat16 and scores_bytes <= ATTENTION_SCORES_BYTES
+    return attn.attend(q, kv, _bf16_attention if small_bf16 else None)
+
+
+def _bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention as autocast runs a plain one: both matmuls on oneDNN's bfloat16 kernels, the softmax in
+    float32. PyTorch's bfloat16 flash kernel for the CPU is 1.4-2.0x slower than that at PVT's shapes (few
+    keys: 49 for every PVTv2 stage at 224 px) on a CPU without AMX."""
+    weights = torch.softmax((q @ k.transpose(-2, -1)).float().mul_(q.shape[-1] ** -0.5), dim=-1).to(q.dtype)
+    return weights @ v
 
 
 def _pooled_reduction(attn: SpatialReductionAttention, x: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Linear layers under autograd on the CPU, on oneDNN's matmul for the forward and both backward products.
 
 PyTorch's CPU ``addmm`` / ``mm`` call MKL's sgemm, which on AMD CPUs runs far below the machine's peak:
-for PVTv2's token matmuls (tens of thousands of rows, 32-640 channels) measured on an AMD EPYC Zen 4, one
-thread, MKL reached 30-110 GFLOP/s where oneDNN reached 150-245 GFLOP/s on the same products
+for PVTv2's token matmuls (tens of thousands of rows, 32-640 channels) measured on an AMD EPYC Zen 5, one
+thread, MKL reached 31-111 GFLOP/s where oneDNN reached 150-245 GFLOP/s on the same products
 (benchmarks/RESULTS.md). PyTorch reaches oneDNN's float32 matmul only through the op Inductor emits
 (``torch.ops.mkldnn._linear_pointwise``), which has no autograd formula, hence this function. oneDNN reads
 transposed views in place, so the two backward products need no copies of the activations.
@@ -30,17 +30,16 @@ def set_enabled(enabled: bool) -> bool:
     return previous
 
 
-def _matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
-    """``a @ b_t.T`` on oneDNN for 2-D ``a`` (M, K) and ``b_t`` (N, K), either of them possibly a transposed view."""
-    return torch.ops.mkldnn._linear_pointwise(a, b_t, None, "none", [], "")
+def _matmul(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b_t.T (+ bias)`` on oneDNN for ``a`` (..., K) and 2-D ``b_t`` (N, K), either possibly a transposed view."""
+    return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
 
 
 class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return _matmul(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -58,7 +57,7 @@ class _OneDNNLinear(torch.autograd.Function):
                 grad_weight = _matmul(grad.t(), rows.t())
             else:
                 grad_weight = _matmul(rows.t(), grad.t()).t()
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False without a bias
             grad_bias = grad.sum(0)
         return grad_x, grad_weight, grad_bias
 

@@ -9,6 +9,8 @@ matmul (:mod:`pvtv2.models.cpu_training`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,8 @@ from .export import ExportableAdaptiveAvgPool2d
 # spatial-reduction norms, and 1e-6 in the block and stage norms.
 PATCH_NORM_EPS = 1e-5
 BLOCK_NORM_EPS = 1e-6
+
+AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # Tokens (B, N, C) and a channels-last image (B, C, H, W) share one memory layout, so converting
@@ -130,14 +134,21 @@ class SpatialReductionAttention(nn.Module):
         x = self.norm(image_to_tokens(self.sr(x)))
         return self.act(x) if self.linear else x
 
-    def attend(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T / sqrt(d)) v over heads, for queries ``q`` (B, N, C) and keys and values ``kv`` (B, M, 2C)."""
+    def attend(self, q: torch.Tensor, kv: torch.Tensor, kernel: AttentionKernel | None = None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v over heads, for queries ``q`` (B, N, C) and keys and values ``kv`` (B, M, 2C).
+
+        ``kernel(q, k, v)`` on (B, heads, tokens, head_dim) computes it in place of PyTorch's
+        ``scaled_dot_product_attention`` (fused CPU inference passes one for bfloat16).
+        """
         batch, num_tokens, dim = q.shape
         head_dim = dim // self.num_heads
         q = q.reshape(batch, num_tokens, self.num_heads, head_dim).transpose(1, 2)
         # (B, M, 2C) -> 2 x (B, heads, M, head_dim)
         k, v = kv.reshape(batch, kv.shape[1], 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        if kernel is None:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        else:
+            x = kernel(q, k, v)
         return x.transpose(1, 2).reshape(batch, num_tokens, dim)
 
 
