@@ -80,7 +80,9 @@ def test_training_step_gradients_equal_the_plain_linears(name):
     def gradients():
         torch.manual_seed(1)  # the same stochastic-depth draws
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), labels).backward()
+        logits = model(x)
+        assert (logits.grad_fn.name() == "_OneDNNLinearBackward") == cpu_training.applies(x, model.head.weight)
+        F.cross_entropy(logits, labels).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
     got = gradients()
