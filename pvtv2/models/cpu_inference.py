@@ -25,8 +25,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.nn.modules import module as nn_module
 
+from . import fast_path
 from .export import capturing_graph
 from .layers import Block, ConvFFN, Mlp, SpatialReductionAttention, image_to_tokens, tokens_to_image
 
@@ -74,29 +74,24 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype | None:
 
 def can_fuse(block: Block, x: torch.Tensor) -> bool:
     """Whether :func:`block_forward` may stand in for ``block(x, ...)``: CPU inference without autograd or
-    graph capture in a dtype of :func:`compute_dtype`, the block in evaluation mode, its parameters in that
-    dtype (or float32 under autocast), and no forward hooks to call."""
-    if not (
-        _ONEDNN_FUSION
-        and _fusion_enabled
-        and x.device.type == "cpu"
-        and not capturing_graph()
-        and not block.training
-        and not nn_module._global_forward_hooks
-        and not nn_module._global_forward_pre_hooks
-    ):
+    graph capture in a dtype of :func:`compute_dtype`, the block exactly as built
+    (:func:`.fast_path.runs_as_built`: no wrappers, subclasses or hooks) and in evaluation mode, its
+    parameters in that dtype (or float32 under autocast)."""
+    if not (_ONEDNN_FUSION and _fusion_enabled and x.device.type == "cpu" and not capturing_graph()
+            and not block.training):
         return False
     dtype = compute_dtype(x)
     if dtype is None:
         return False
-    param_dtypes = (torch.float32, dtype) if torch.is_autocast_enabled("cpu") else (dtype,)
     grad = torch.is_grad_enabled()
-    if grad and x.requires_grad:
+    modules = None if grad and x.requires_grad else fast_path.modules_as_built(block)
+    if modules is None:
         return False
-    # One pass over the block's ~15 modules: dropout and stochastic depth must be off (the fused path
-    # skips them), hooks must find their modules called, and autograd must have nothing to record.
-    for module in block.modules():
-        if module.training or module._forward_hooks or module._forward_pre_hooks:
+    param_dtypes = (torch.float32, dtype) if torch.is_autocast_enabled("cpu") else (dtype,)
+    # Dropout and stochastic depth must be off (the fused path skips them), and autograd must have nothing
+    # to record.
+    for module in modules:
+        if module.training:
             return False
         for param in module._parameters.values():
             if param is not None and (param.dtype not in param_dtypes or (grad and param.requires_grad)):

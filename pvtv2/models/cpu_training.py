@@ -7,16 +7,24 @@ thread, MKL reached 31-111 GFLOP/s where oneDNN reached 150-245 GFLOP/s on the s
 (``torch.ops.mkldnn._linear_pointwise``), which has no autograd formula, hence this function. oneDNN reads
 transposed views in place, so the two backward products need no copies of the activations.
 
-Only float32 on the CPU outside autocast and graph capture takes this path (see :func:`applies`);
-everything else runs ``F.linear``. Results agree with ``F.linear`` to float rounding (another summation
-order), not bitwise.
+The model's layers stay plain ``nn.Linear`` (what quantization, peft and pruning tools match on): an
+encoder block or head that :func:`.fast_path.runs_as_built` allows runs as its modules under
+:func:`onednn_linears`, a function mode that sends each ``F.linear`` call to :func:`linear`. The modules
+compute as written; only the matmul kernel changes. Only float32 on the CPU outside autocast, graph capture
+and ``torch.func`` transforms takes this path (see :func:`applies`); everything else runs ``F.linear``.
+Results agree with ``F.linear`` to float rounding (another summation order), not bitwise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
+from . import fast_path
 from .export import capturing_graph
 
 _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -37,9 +45,13 @@ def _matmul(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None = None
 
 class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return _matmul(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        x, weight, _ = inputs
+        ctx.save_for_backward(x, weight)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -62,24 +74,58 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
-def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :func:`linear` runs on oneDNN: autograd recording float32 CPU tensors, no autocast, no graph
-    capture (compile and export trace ``F.linear``)."""
+def _applies_to_input(x: torch.Tensor) -> bool:
     return (
         _ONEDNN_LINEAR
         and _enabled
         and torch.is_grad_enabled()
-        and (x.requires_grad or weight.requires_grad)
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
         and not capturing_graph()
+        # torch.func's transforms wrap tensors (vmap has no batching rule for oneDNN's op): F.linear there.
+        and not torch._C._functorch.is_functorch_wrapped_tensor(x)
     )
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, on oneDNN where :func:`applies`."""
-    if applies(x, weight):
-        return _OneDNNLinear.apply(x, weight, bias)
-    return F.linear(x, weight, bias)
+def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`linear` runs on oneDNN: autograd recording float32 CPU tensors, no autocast, no graph
+    capture (compile and export trace ``F.linear``), no ``torch.func`` transform."""
+    return (
+        _applies_to_input(x)
+        and (x.requires_grad or weight.requires_grad)
+        and weight.dtype == torch.float32
+        and not torch._C._functorch.is_functorch_wrapped_tensor(weight)
+    )
+
+
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(input, weight, bias)``, on oneDNN where :func:`applies`."""
+    if applies(input, weight):
+        return _OneDNNLinear.apply(input, weight, bias)
+    return F.linear(input, weight, bias)
+
+
+class _OneDNNLinears(TorchFunctionMode):
+    """Sends every ``F.linear`` call (``nn.Linear.forward``'s) to :func:`linear`; every other call runs as is."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.linear:
+            return linear(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def runs_on_onednn(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module(x, ...)`` may run its linear layers on oneDNN: an input :func:`applies` to, and the
+    module exactly as built (:func:`.fast_path.runs_as_built`)."""
+    return _applies_to_input(x) and fast_path.runs_as_built(module)
+
+
+def onednn_linears(module: nn.Module) -> Callable[..., torch.Tensor]:
+    """``module``'s forward with its linear layers on oneDNN (the caller checked :func:`runs_on_onednn`)."""
+
+    def forward(*args: torch.Tensor | int) -> torch.Tensor:
+        with _OneDNNLinears():
+            return module(*args)
+
+    return forward

@@ -1,10 +1,11 @@
 """Building blocks of the PVT family, named as in the paper.
 
 Attribute names (``proj``, ``q``, ``kv``, ``sr``, ``norm``, ``dwconv.dwconv``, ``fc1``...) are those of
-the official release, so its checkpoints load without renaming. These modules are what training,
-autograd, other devices and graph capture run; CPU inference runs the same blocks on oneDNN's fused
-kernels (:mod:`pvtv2.models.cpu_inference`), and CPU training runs their linear layers on oneDNN's
-matmul (:mod:`pvtv2.models.cpu_training`).
+the official release, so its checkpoints load without renaming. These modules are the model: what
+autograd, other devices and graph capture run. The fast paths compute the same on faster kernels, and
+only on blocks exactly as built here (:mod:`pvtv2.models.fast_path`): CPU inference runs the blocks on
+oneDNN's fused kernels (:mod:`pvtv2.models.cpu_inference`), and CPU training runs their linear layers on
+oneDNN's matmul (:mod:`pvtv2.models.cpu_training`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from torch import nn
 from torchvision.ops import StochasticDepth
 
 from ..errors import InputError
-from . import cpu_training
 from .export import ExportableAdaptiveAvgPool2d
 
 # The official release and timm use PyTorch's default eps in the patch-embedding and
@@ -38,13 +38,6 @@ def tokens_to_image(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def image_to_tokens(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H*W, C); a view when ``x`` is channels-last."""
     return x.permute(0, 2, 3, 1).flatten(1, 2)
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and keys) whose CPU training runs on oneDNN: see :mod:`.cpu_training`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return cpu_training.linear(x, self.weight, self.bias)
 
 
 class PatchEmbed(nn.Module):
@@ -95,9 +88,9 @@ class SpatialReductionAttention(nn.Module):
         self.sr_ratio = sr_ratio
         self.linear = linear
         self.attn_drop = attn_drop
-        self.q = Linear(dim, dim, bias=qkv_bias)
-        self.kv = Linear(dim, dim * 2, bias=qkv_bias)
-        self.proj = Linear(dim, dim)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.reduces = linear or sr_ratio > 1
         if linear:
@@ -172,12 +165,12 @@ class ConvFFN(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, linear: bool = False, drop: float = 0.0) -> None:
         super().__init__()
         self.linear = linear
-        self.fc1 = Linear(dim, hidden_dim)
+        self.fc1 = nn.Linear(dim, hidden_dim)
         if linear:
             self.relu = nn.ReLU()
         self.dwconv = DepthwiseConv(hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = Linear(hidden_dim, dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -195,9 +188,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
         super().__init__()
-        self.fc1 = Linear(dim, hidden_dim)
+        self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = Linear(hidden_dim, dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
-from . import cpu_inference
-from .layers import Block, Linear, PatchEmbed, init_weights, tokens_to_image
+from . import cpu_inference, cpu_training
+from .layers import Block, PatchEmbed, init_weights, tokens_to_image
 
 NUM_STAGES = 4
 
@@ -127,7 +127,7 @@ class PyramidVisionTransformerBase(nn.Module):
             )
             self.num_features = embed_dims[-1]
             self.head_drop = nn.Dropout(drop_rate)
-            self.head = Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+            self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
 
     # -- what a family defines -------------------------------------------------------------------------
     def embed(self, stage: int, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -164,15 +164,18 @@ class PyramidVisionTransformerBase(nn.Module):
                 x = tokens_to_image(x, height, width)
             x, height, width = self.embed(i, x)
             for block in self.blocks(i):
-                # The one place that chooses between oneDNN's fused kernels and the modules.
-                if cpu_inference.can_fuse(block, x):
-                    x = cpu_inference.block_forward(block, x, height, width)
-                elif self.grad_checkpointing and torch.is_grad_enabled():
-                    x = checkpoint(block, x, height, width, use_reentrant=False)
-                else:
-                    x = block(x, height, width)
+                x = self._run_block(block, x, height, width)
             x = self.stage_norm(i, x)
             yield x, height, width
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """``block(x, height, width)``: the one place that chooses between the fast paths and the modules."""
+        if cpu_inference.can_fuse(block, x):
+            return cpu_inference.block_forward(block, x, height, width)
+        run = cpu_training.onednn_linears(block) if cpu_training.runs_on_onednn(block, x) else block
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(run, x, height, width, use_reentrant=False)
+        return run(x, height, width)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] = (0, 1, 2, 3)) -> list[torch.Tensor]:
         """Feature maps (B, C_i, H/2^(i+2), W/2^(i+2)) of the requested stages, for any input size."""
@@ -192,7 +195,9 @@ class PyramidVisionTransformerBase(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=1) if self.global_pool == "avg" else x[:, 0]
         x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
+        if pre_logits:
+            return x
+        return cpu_training.onednn_linears(self.head)(x) if cpu_training.runs_on_onednn(self.head, x) else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.features_only:
@@ -208,7 +213,7 @@ class PyramidVisionTransformerBase(nn.Module):
             raise RuntimeError("a features_only model has no classifier")
         _check_num_classes(num_classes)
         self.num_classes = num_classes
-        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             init_weights(self.head)
 
