@@ -124,10 +124,13 @@ def test_odd_size_and_partial_pyramid() -> None:
     first_two = counting_model("pvt_tiny", features_only=True, out_indices=(0, 1))
     size = (227, 301)  # not a multiple of any stride
     assert 0 < count_flops(first_two, size) < count_flops(full, size)
-    # The class token joins stage 4's queries and keys (N = M = 7*9 + 1, 2 blocks, 512 channels); the
-    # official tool leaves it out.
+    # The dense PVTv1 has no class token (the official detection and segmentation backbone): its attention is
+    # the official tool's count. The classifier's class token joins stage 4's queries and keys (N = M = 7*9 + 1,
+    # 2 blocks, 512 channels), which the official tool leaves out.
+    assert flop_breakdown(full, size)["attention"] == _official_attention_flops(full, *size)
+    classifier = counting_model("pvt_tiny")
     class_token = 2 * 2 * (64**2 - 63**2) * 512
-    assert flop_breakdown(full, size)["attention"] == _official_attention_flops(full, *size) + class_token
+    assert flop_breakdown(classifier, size)["attention"] == _official_attention_flops(full, *size) + class_token
 
 
 def test_counting_leaves_the_model_as_it_was() -> None:

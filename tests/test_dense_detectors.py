@@ -25,7 +25,8 @@ from pvtv2.detection.augment import RandomSizeCrop, official_multiscale
 from pvtv2.detection.complexity import OFFICIAL_PARAMS_M, table4_rows
 from pvtv2.detection.config import DetectionConfig, resolved_lr
 from pvtv2.detection.data import CocoDetection, collate, split_paths, train_transform
-from pvtv2.detection.dense_heads import LevelAnchorGenerator, centerness_target
+from pvtv2.detection.anchors import LevelAnchorGenerator
+from pvtv2.detection.dense_heads import centerness_target
 from pvtv2.detection.losses import distribution_focal_loss, integral, quality_focal_loss
 from pvtv2.engine.config import ConfigError
 from pvtv2.engine.training_state import read_training_checkpoint

@@ -1,4 +1,4 @@
-"""pvt det-train, det-eval, det-predict: RetinaNet, Mask R-CNN, ATSS and GFL with PVT backbones on COCO-format data.
+"""pvt det-train, det-eval, det-predict: {titles} with PVT backbones on COCO-format data.
 
   pvt det-train --config configs/detection/shapes_mask_rcnn_pvt_v2_b0.yaml      # offline: generated shapes
   pvt det-train --config configs/detection/mask_rcnn_pvt_v2_b2_1x.yaml --root /data/coco --pretrained official
@@ -6,6 +6,12 @@
   torchrun --nproc_per_node 8 -m pvtv2 det-train --config configs/detection/gfl_pvt_v2_b2_3x.yaml --root /data/coco
   pvt det-eval --checkpoint runs/detection/shapes_mask_rcnn_pvt_v2_b0/last.pth
   pvt det-predict scene.png --checkpoint runs/detection/shapes_mask_rcnn_pvt_v2_b0/last.pth --out result.png
+  pvt det-predict photo.jpg --checkpoint retinanet_pvt_v2_b0_fpn_1x_coco.pth --out result.png --json
+  pvt det-eval --checkpoint mask_rcnn_pvt_v2_b0_fpn_1x_coco.pth --root /data/coco
+
+det-eval and det-predict take a det-train checkpoint or an official release file of the paper's detectors
+(MMDetection 2.x, as downloaded: `pvt weights list --task detection`); a release file runs as MMDetection runs
+it. --config names an MMDetection config file for a release file whose meta has none.
 
 det-train: every config key can be overridden as --key value or --section.key value (see
 `pvt det-train --help`); the output folder gets last.pth, best.pth (highest box AP), metrics.jsonl (one
@@ -21,13 +27,17 @@ import json
 from pathlib import Path
 
 from ..detection.config import DetectionConfig
+from ..detection.registry import DETECTORS
 from .common import CommandError, add_config_arguments, run_training
+
+
+_TITLES = ", ".join(spec.title for spec in DETECTORS.values())
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
-        "det-train", help="train a RetinaNet, Mask R-CNN, ATSS or GFL with a PVT backbone from a YAML config",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "det-train", help=f"train a {_TITLES} with a PVT backbone from a YAML config",
+        description=__doc__.format(titles=_TITLES), formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="pvt det-train --config YAML [--print-config] [--KEY VALUE ...]",
     )
     add_config_arguments(
@@ -39,13 +49,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     evaluate = subparsers.add_parser(
         "det-eval", help="COCO box (and mask) AP of a detection checkpoint",
-        description="COCO box and mask AP, AP50, AP75, APs/m/l (pycocotools) of a det-train checkpoint on the "
-                    "held-out split of its config's data set, or of another COCO-format split.",
+        description="COCO box and mask AP, AP50, AP75, APs/m/l (pycocotools, as MMDetection's CocoMetric) of a "
+                    "det-train checkpoint on the held-out split of its config's data set, or of another COCO-format "
+                    "split, or of an official release file on COCO.",
     )
-    evaluate.add_argument("--checkpoint", required=True, type=Path, help="a det-train checkpoint (last.pth, best.pth)")
-    evaluate.add_argument("--root", help="data set root (default: the checkpoint's config)")
+    evaluate.add_argument("--checkpoint", required=True, type=Path,
+                          help="a det-train checkpoint (last.pth, best.pth) or an official release file")
+    evaluate.add_argument("--config", type=Path, help="the MMDetection config file of a release file without one")
+    evaluate.add_argument("--root", help="data set root (default: the checkpoint's config; a release file needs it)")
     evaluate.add_argument("--split", help="split to evaluate: root/SPLIT images, root/annotations/instances_SPLIT.json "
-                                          "(default: the config's val_split)")
+                                          "(default: the config's val_split; val2017 for a release file)")
     evaluate.add_argument("--batch-size", type=int, default=2)
     evaluate.add_argument("--workers", type=int, default=2)
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -55,15 +68,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     predict = subparsers.add_parser(
         "det-predict", help="draw a detector's boxes, labels, scores and masks on an image",
-        description="Boxes, class names, scores and instance masks of a det-train checkpoint, drawn on the image "
-                    "(as the paper's Fig. 3) and listed.",
+        description="Boxes, class names, scores and instance masks of a det-train checkpoint or an official release "
+                    "file, drawn on the image (as the paper's Fig. 3) and listed.",
     )
     predict.add_argument("image", type=Path, metavar="IMAGE")
-    predict.add_argument("--checkpoint", required=True, type=Path, help="a det-train checkpoint")
+    predict.add_argument("--checkpoint", required=True, type=Path,
+                         help="a det-train checkpoint or an official release file")
+    predict.add_argument("--config", type=Path, help="the MMDetection config file of a release file without one")
     predict.add_argument("--out", required=True, type=Path, help="where to write the drawing (PNG or JPEG)")
     predict.add_argument("--score-threshold", type=float, default=0.5, help="detections drawn (default: 0.5)")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    predict.add_argument("--json", action="store_true", help="print the detections as JSON")
+    predict.add_argument("--json", action="store_true",
+                         help="print the detections as JSON: label (class name), score, box [x0, y0, x1, y1] in image "
+                              "pixels and, for mask detectors, mask as COCO RLE")
     predict.set_defaults(handler=run_predict)
 
 
@@ -79,7 +96,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
     metrics = evaluate_checkpoint(args.checkpoint, root=args.root, split=args.split, batch_size=args.batch_size,
-                                  num_workers=args.workers, device=args.device, amp=args.amp)
+                                  num_workers=args.workers, device=args.device, amp=args.amp, config=args.config)
     for name, value in metrics.items():
         print(f"{name:12s} {value:.4f}")
     if args.json:
@@ -94,7 +111,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise CommandError(f"image {args.image} does not exist")
     if not 0 <= args.score_threshold <= 1:
         raise CommandError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    detector = load_detector(args.checkpoint, args.device)
+    detector = load_detector(args.checkpoint, args.device, args.config)
     detections = predict_image(detector, args.image, args.out, args.score_threshold)
     if args.json:
         print(json.dumps(dict(image=str(args.image), out=str(args.out), detections=detections)))

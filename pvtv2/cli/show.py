@@ -23,13 +23,12 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from ..data import open_rgb
+from ..detection.registry import DETECTORS
 from .common import CommandError, check_output_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation every model of the package is trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGES = (1, 2, 3, 4)
-DETECTOR_TITLES = {"retinanet": "RetinaNet", "mask_rcnn": "Mask R-CNN", "atss": "ATSS", "gfl": "GFL",
-                   "cascade_mask_rcnn": "Cascade Mask R-CNN", "sparse_rcnn": "Sparse R-CNN"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -76,12 +75,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     predictions = kinds.add_parser(
         "predictions", help="a grid of detections and segmentations (the paper's Fig. 3)",
         description="One row per image, one column per checkpoint: boxes, class names, scores and masks of each "
-                    "det-train checkpoint (RetinaNet, Mask R-CNN, ATSS, GFL), then the class overlay of a seg-train "
-                    "checkpoint (Semantic FPN), as the paper's Fig. 3. Any subset of columns.",
+                    f"detector checkpoint ({', '.join(spec.title for spec in DETECTORS.values())}: det-train's or an "
+                    "official release file), then the class overlay of a seg-train checkpoint (Semantic FPN), as the "
+                    "paper's Fig. 3. Any subset of columns.",
     )
     predictions.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     predictions.add_argument("--detection", nargs="+", type=Path, default=[], metavar="CKPT",
-                             help="det-train checkpoints, one column each, in this order")
+                             help="detector checkpoints (det-train's or release files), one column each, in this order")
     predictions.add_argument("--segmentation", nargs="+", type=Path, default=[], metavar="CKPT",
                              help="seg-train (or MMSegmentation Semantic FPN) checkpoints, one column each, last")
     predictions.add_argument("--score-threshold", type=float, default=0.5,
@@ -211,7 +211,7 @@ def _note_random_weights(args: argparse.Namespace) -> None:
 
 # -- predictions ------------------------------------------------------------------------------------------
 def run_predictions(args: argparse.Namespace) -> int:
-    from ..detection.predict import detect, draw, load_detector
+    from ..detection.predict import LoadedDetector, detect, draw, load_detector
     from ..engine.distributed import resolve_device
     from ..segmentation.predict import load_segmenter, overlay, segment
     from ..visualize.figures import predictions_figure, save
@@ -225,9 +225,7 @@ def run_predictions(args: argparse.Namespace) -> int:
     columns: list[tuple[str, object]] = []
     for path in args.detection:
         detector = load_detector(path, args.device)
-        model = detector.config.model
-        columns.append((_unique(columns, f"{DETECTOR_TITLES.get(model.detector, model.detector)} {model.backbone}"),
-                        detector))
+        columns.append((_unique(columns, detector.title), detector))
     for path in args.segmentation:
         segmenter = load_segmenter(path)
         columns.append((_unique(columns, f"Semantic FPN {segmenter.backbone}"), segmenter))
@@ -236,7 +234,7 @@ def run_predictions(args: argparse.Namespace) -> int:
     for path, pixels in pictures.items():
         cells = {}
         for title, loaded in columns:
-            if hasattr(loaded, "category_ids"):  # a detector
+            if isinstance(loaded, LoadedDetector):
                 image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
                 drawing = draw(image, detect(loaded, image, args.score_threshold), loaded.class_names)
                 cells[title] = drawing.permute(1, 2, 0).numpy()

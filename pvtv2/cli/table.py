@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..models import reference
+from ..detection.registry import DETECTORS
 from ..models.complexity import count_flops, count_params, create_for_counting
 from .common import CommandError, format_table, select_models
 
@@ -36,8 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--task", choices=TASKS, default="classification",
-        help="classification: ImageNet models at 224x224 (default); detection: RetinaNet and Mask R-CNN "
-             "(Table 3), ATSS and GFL (Table 4) at 1280x800; segmentation: Semantic FPN at 512x512",
+        help="classification: ImageNet models at 224x224 (default); detection: "
+             + "; ".join(f"{' and '.join(s.title for s in DETECTORS.values() if s.paper[0] == table)} (Table {table})"
+                         for table in (3, 4))
+             + " at 1280x800; segmentation: Semantic FPN at 512x512",
     )
     parser.set_defaults(handler=run)
 

@@ -21,10 +21,12 @@ loss and inference, ``generalized_box_iou_loss``, ``roi_align``, through the ali
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection._utils import BoxCoder, Matcher
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -32,7 +34,10 @@ from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference,
 from torchvision.ops import box_iou, clip_boxes_to_image, generalized_box_iou_loss
 
 from ..errors import InputError
+from .mask_rcnn import ANCHOR_SIZES, dummy_rois, rpn_anchors, two_stage_options
+from .neck import PyramidBackboneWithFPN, max_pooled_p6
 from .roi_align import ADAPTIVE_SAMPLING, FPN_LEVELS, AlignedMultiScaleRoIAlign
+from .spec import BuildSettings, DetectorSpec
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_LOSS_WEIGHTS = (1.0, 0.5, 0.25)
@@ -212,3 +217,45 @@ class CascadeRoIHeads(RoIHeads):
         for index, detection in enumerate(detections):
             detection["masks"] = torch.stack([probs[index] for probs in stage_probs]).mean(0)
         return detections
+
+
+# MaskRCNN's keywords for its RoIHeads, which the cascade's heads take instead (torchvision name: ours).
+CASCADE_ROI_KWARGS = {"box_score_thresh": "score_thresh", "box_nms_thresh": "nms_thresh",
+                      "box_detections_per_img": "detections_per_img",
+                      "box_batch_size_per_image": "batch_size_per_image", "box_positive_fraction": "positive_fraction"}
+
+
+def build_cascade_mask_rcnn(neck: PyramidBackboneWithFPN, settings: BuildSettings, **kwargs: Any) -> MaskRCNN:
+    """torchvision's MaskRCNN (transform, RPN) on ``neck`` with its RoI heads replaced by the cascade's;
+    ``kwargs`` as Mask R-CNN's (its RoI heads' go to :class:`CascadeRoIHeads`)."""
+    heads_kwargs = {ours: kwargs.pop(theirs) for theirs, ours in CASCADE_ROI_KWARGS.items() if theirs in kwargs}
+    for name in ("box_fg_iou_thresh", "box_bg_iou_thresh", "bbox_reg_weights"):
+        if name in kwargs:  # per stage in the cascade: the module constants above
+            raise InputError(f"{name} does not apply to cascade_mask_rcnn, whose stages have their own")
+    heads = CascadeRoIHeads(settings.fpn_channels, settings.num_classes, box_head_channels=settings.box_head_channels,
+                            mask_head_channels=settings.mask_head_channels, **heads_kwargs)
+    # MaskRCNN is given the first stage's modules so that it builds no default heads; they are then
+    # replaced by the whole cascade, which holds them.
+    detector = MaskRCNN(neck, rpn_anchor_generator=rpn_anchors(settings), box_roi_pool=heads.box_roi_pool,
+                        box_head=heads.box_head[0], box_predictor=heads.box_predictor[0],
+                        mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head[0],
+                        mask_predictor=heads.mask_predictor[0], min_size=settings.min_size,
+                        max_size=settings.max_size, **kwargs)
+    detector.roi_heads = heads
+    return detector
+
+
+def cascade_flops_forward(detector: nn.Module, images: Tensor) -> None:
+    """MMDetection's dummy forward runs every stage's box and mask heads on the same RoIs."""
+    box_rois, mask_rois = dummy_rois(detector, images)
+    heads = detector.roi_heads
+    for stage in range(heads.num_stages):
+        heads.box_predictor[stage](heads.box_head[stage](box_rois))
+        heads.mask_predictor[stage](heads.mask_head[stage](mask_rois))
+
+
+SPEC = DetectorSpec(
+    name="cascade_mask_rcnn", title="Cascade Mask R-CNN", family="two-stage", with_masks=True,
+    feature_levels=(0, 1, 2, 3), extra_levels=max_pooled_p6, anchor_sizes=ANCHOR_SIZES, build=build_cascade_mask_rcnn,
+    config_options=two_stage_options, flops_forward=cascade_flops_forward, paper=(4, None),
+)

@@ -20,21 +20,20 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.detection import RetinaNet
 
 from ..engine.text_table import format_table
 from ..models import reference
 from ..models.complexity import count_flops, count_params
-from .cascade import CascadeRoIHeads
 from .model import build_detector
-from .sparse_rcnn import POOL_SIZE, SparseRCNN
+from .registry import DETECTORS
+from .spec import DetectorSpec
 
 INPUT_SIZE = (800, 1280)  # (H, W): the "1280 x 800" of the paper's detection tables
 COCO_CLASSES = 80
 PARAMS_REL_TOL = 0.03
-BOX_ROIS, MASK_ROIS = 1000, 100  # as MMDetection's forward_dummy of two-stage detectors
-PAPER_COLUMN = {"retinanet": "retinanet_params_M", "mask_rcnn": "maskrcnn_params_M"}  # Table 3's detectors
-TABLE4_DETECTORS = ("atss", "gfl", "cascade_mask_rcnn", "sparse_rcnn")
+# Table 3's detectors (a params column of each backbone's row) and Table 4's (a row per detector and backbone).
+PAPER_COLUMN = {name: spec.paper[1] for name, spec in DETECTORS.items() if spec.paper[0] == 3}
+TABLE4_DETECTORS = tuple(name for name, spec in DETECTORS.items() if spec.paper[0] == 4)
 TABLE4_REL_TOL = 0.01
 # The official tool's count (MMDetection's get_flops.py on the official config) where it is known more
 # precisely than Table 4's whole millions.
@@ -42,37 +41,17 @@ OFFICIAL_PARAMS_M = {"gfl/pvt_v2_b2": 33.11}
 
 
 class DenseForward(nn.Module):
-    """What MMDetection's FLOP count runs of a detector: backbone, neck and heads, without the
-    pre-processing, anchors, sampling and NMS, which have no FLOPs in the mmcv convention."""
+    """What MMDetection's FLOP count runs of a detector (its spec's ``flops_forward``): backbone, neck and
+    heads, without the pre-processing, anchors, sampling and NMS, which have no FLOPs in the mmcv convention."""
 
-    def __init__(self, detector: nn.Module) -> None:
+    def __init__(self, detector: nn.Module, spec: DetectorSpec) -> None:
         super().__init__()
         self.detector = detector
+        self.spec = spec
         self.in_chans = 3
 
     def forward(self, images: torch.Tensor) -> None:
-        detector = self.detector
-        features = list(detector.backbone(images).values())
-        if isinstance(detector, SparseRCNN):  # MMDetection's dummy forward runs the 6 stages on the 300 proposals
-            proposal_features = detector.proposal_features.weight[None]
-            rois = images.new_zeros(proposal_features.shape[1], proposal_features.shape[2], POOL_SIZE, POOL_SIZE)
-            for stage in detector.stages:
-                proposal_features = stage(rois, proposal_features)[2]
-            return
-        if isinstance(detector, RetinaNet):
-            detector.head(features)
-            return
-        detector.rpn.head(features)
-        channels = detector.backbone.out_channels
-        heads = detector.roi_heads
-        box_rois, mask_rois = images.new_zeros(BOX_ROIS, channels, 7, 7), images.new_zeros(MASK_ROIS, channels, 14, 14)
-        if isinstance(heads, CascadeRoIHeads):  # MMDetection's dummy forward runs every stage on the same RoIs
-            for stage in range(heads.num_stages):
-                heads.box_predictor[stage](heads.box_head[stage](box_rois))
-                heads.mask_predictor[stage](heads.mask_head[stage](mask_rois))
-            return
-        heads.box_predictor(heads.box_head(box_rois))
-        heads.mask_predictor(heads.mask_head(mask_rois))
+        self.spec.flops_forward(self.detector, images)
 
 
 def complexity_rows(names: list[str], with_flops: bool = True) -> list[dict[str, Any]]:
@@ -85,7 +64,7 @@ def complexity_rows(names: list[str], with_flops: bool = True) -> list[dict[str,
             with torch.device("meta"):  # shapes only: every detector builds in a blink and counts without memory
                 detector = build_detector(kind, name, num_classes=COCO_CLASSES)
             params = count_params(detector)
-            flops = count_flops(DenseForward(detector), INPUT_SIZE) if with_flops else None
+            flops = count_flops(DenseForward(detector, DETECTORS[kind]), INPUT_SIZE) if with_flops else None
             published = paper.get(name, {}).get(PAPER_COLUMN[kind])
             diff = None if published is None else 100 * (params / 1e6 / published - 1)
             rows.append(dict(
@@ -110,7 +89,7 @@ def table4_rows(names: list[str], with_flops: bool = True) -> list[dict[str, Any
             with torch.device("meta"):
                 detector = build_detector(kind, name, num_classes=COCO_CLASSES)
             params_M = count_params(detector) / 1e6
-            flops = count_flops(DenseForward(detector), INPUT_SIZE) / 1e9 if with_flops else None
+            flops = count_flops(DenseForward(detector, DETECTORS[kind]), INPUT_SIZE) / 1e9 if with_flops else None
             published_params = OFFICIAL_PARAMS_M.get(key, paper[key]["params_M"])
             rows.append(dict(
                 backbone=name, detector=kind, params=round(params_M * 1e6), params_M=params_M,

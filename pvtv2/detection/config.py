@@ -15,18 +15,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..engine.config import Config, ConfigError, RunSection, checked
-
-MASK_DETECTORS = ("mask_rcnn", "cascade_mask_rcnn")
-GROUP_NORM_GROUPS = 32  # ATSS's and GFL's head towers: GroupNorm(32), as MMDetection's
-SPARSE_RCNN_HEADS = 8  # Sparse R-CNN's self-attention heads, as the official DIIHead's
+from .registry import DETECTOR_NAMES, detector_spec
 
 
 @dataclass
 class DetModelConfig:
-    # atss, gfl: Table 4's one-stage detectors (the official configs' heads, assigner and losses);
-    # cascade_mask_rcnn: Table 4's two-stage one (three box stages and mask heads, pvtv2.detection.cascade);
-    # sparse_rcnn: its query-based one (learned proposals, six dynamic stages, pvtv2.detection.sparse_rcnn).
-    detector: Literal["retinanet", "mask_rcnn", "atss", "gfl", "cascade_mask_rcnn", "sparse_rcnn"] = "mask_rcnn"
+    # retinanet, mask_rcnn: Table 3's; atss, gfl (one-stage), cascade_mask_rcnn (two-stage), sparse_rcnn
+    # (query-based): Table 4's (pvtv2.detection.registry: every detector and its module).
+    detector: Literal[DETECTOR_NAMES] = "mask_rcnn"
     backbone: str = "pvt_v2_b2"
     # Backbone weights to start from: a checkpoint (official, timm, HF, or a detector's) or "official".
     pretrained: str | None = None
@@ -53,7 +49,7 @@ class DetModelConfig:
     @property
     def with_masks(self) -> bool:
         """Whether the detector predicts instance masks (and so its data must carry them)."""
-        return self.detector in MASK_DETECTORS
+        return detector_spec(self.detector).with_masks
 
 
 @dataclass
@@ -122,13 +118,7 @@ class DetectionConfig(Config):
         if self.data.min_size > self.data.max_size:
             raise ConfigError(f"data.min_size ({self.data.min_size}) must not exceed data.max_size "
                               f"({self.data.max_size})")
-        if self.model.detector == "sparse_rcnn" and self.model.fpn_channels % SPARSE_RCNN_HEADS:
-            raise ConfigError(f"model.fpn_channels must be a multiple of {SPARSE_RCNN_HEADS} for sparse_rcnn (its "
-                              f"self-attention has {SPARSE_RCNN_HEADS} heads), got {self.model.fpn_channels}")
-        dense = self.model.detector in ("atss", "gfl")
-        if dense and self.model.fpn_channels % GROUP_NORM_GROUPS:
-            raise ConfigError(f"model.fpn_channels must be a multiple of {GROUP_NORM_GROUPS} for {self.model.detector} "
-                              f"(its head's GroupNorm has {GROUP_NORM_GROUPS} groups), got {self.model.fpn_channels}")
+        detector_spec(self.model.detector).check_config(self.model)
 
 
 def resolved_lr(optim: DetOptimConfig, world_size: int) -> tuple[float, int]:

@@ -182,9 +182,10 @@ def train_transform(min_size: tuple[int, int] = (800, 800), max_size: int = 1333
     ])
 
 
-def eval_transform() -> v2.Compose:
-    """Scale to [0, 1]; the detector resizes (to its ``min_size``/``max_size``) and maps its output back."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True)])
+def eval_transform() -> v2.Transform:
+    """Nothing: evaluation images stay uint8, which the detector resizes with OpenCV as MMDetection does
+    (:mod:`pvtv2.detection.transform`) and maps its output back from."""
+    return v2.Identity()
 
 
 def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:

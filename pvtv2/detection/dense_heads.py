@@ -34,17 +34,22 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection._utils import BoxCoder
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import Conv2dNormActivation, batched_nms, box_iou, clip_boxes_to_image, generalized_box_iou_loss
 from torchvision.ops import sigmoid_focal_loss
 
+from ..engine.config import ConfigError
 from ..engine.distributed import mean_over_processes
 from .assigners import atss_assign
-from .config import GROUP_NORM_GROUPS  # the config checks fpn_channels against it
 from .losses import boxes_to_distances, distances_to_boxes, distribution_focal_loss, integral, quality_focal_loss
 
-FPN_STRIDES = (8, 16, 32, 64, 128)  # P3-P7
+from .anchors import FPN_STRIDES, LevelAnchorGenerator
+from .neck import PyramidBackboneWithFPN, p6p7_from_p5
+from .retinanet import dense_flops_forward
+from .spec import BuildSettings, DetectorSpec
+
+GROUP_NORM_GROUPS = 32  # the head towers' GroupNorm(32), as MMDetection's
+# Base size per level P3-P7: the official configs' octave base scale 8 x strides 8..128, one scale, ratio 1.
+ANCHOR_SIZES = (64, 128, 256, 512, 1024)
 PRIOR_PROBABILITY = 0.01  # the class convs' bias starts every score at this probability
 ATSS_TOPK = 9
 ATSS_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # torchvision's BoxCoder weights are MMDetection's 1 / target_stds
@@ -53,32 +58,6 @@ QFL_BETA = 2.0
 GIOU_WEIGHT, CENTERNESS_WEIGHT, DFL_WEIGHT = 2.0, 1.0, 0.25
 GFL_REG_MAX = 16
 DFL_TARGET_MARGIN = 0.1  # distance targets stay below reg_max by this much, so the right-hand bin exists
-
-
-class LevelAnchorGenerator(AnchorGenerator):
-    """torchvision's ``AnchorGenerator`` with anchors at each level's own stride (8, 16, ..., 128), as
-    MMDetection places them.
-
-    torchvision derives a level's stride as padded image size // feature size, which is off wherever the
-    stride-2 convs of P6 and P7 round up: a batch padded to 800 x 1344 has a 7 x 11 P7 and gets strides
-    114 x 122 instead of 128, so its anchors drift away from the places the features look at (by ~90
-    pixels at the far edge). Sizes that are multiples of 128 give the same anchors as torchvision's.
-    """
-
-    def __init__(self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
-                 strides: Sequence[int] = FPN_STRIDES) -> None:
-        super().__init__(tuple(tuple(s) for s in sizes), tuple(tuple(r) for r in aspect_ratios))
-        if len(strides) != len(sizes):
-            raise ValueError(f"one stride per level of anchor sizes ({len(sizes)}), got {list(strides)}")
-        self.strides = tuple(strides)
-
-    def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        grid_sizes = [feature_map.shape[-2:] for feature_map in feature_maps]
-        dtype, device = feature_maps[0].dtype, feature_maps[0].device
-        strides = [[torch.tensor(s, dtype=torch.int64, device=device)] * 2 for s in self.strides]
-        self.set_cell_anchors(dtype, device)
-        anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
-        return [anchors for _ in image_list.image_sizes]
 
 
 def _tower(channels: int, depth: int) -> nn.Sequential:
@@ -294,3 +273,44 @@ class GFL(DenseDetector):
     def decode(self, outputs: dict[str, torch.Tensor], anchors: torch.Tensor, stride: int) -> tuple[torch.Tensor, None]:
         centres = (anchors[:, :2] + anchors[:, 2:]) / 2
         return distances_to_boxes(centres, integral(outputs["bbox_regression"].float(), self.reg_max) * stride), None
+
+
+def check_group_norm(detector: str, fpn_channels: int, key: str = "fpn_channels") -> None:
+    """The head's GroupNorm needs ``fpn_channels`` (named ``key`` in the message) divisible by its groups."""
+    if fpn_channels % GROUP_NORM_GROUPS:
+        raise ConfigError(f"{key} must be a multiple of {GROUP_NORM_GROUPS} for {detector} (its head's GroupNorm "
+                          f"has {GROUP_NORM_GROUPS} groups), got {fpn_channels}")
+
+
+def one_anchor_per_place(settings: BuildSettings) -> LevelAnchorGenerator:
+    return LevelAnchorGenerator([[s] for s in settings.anchor_sizes], [[1.0]] * len(settings.anchor_sizes))
+
+
+def build_atss(neck: PyramidBackboneWithFPN, settings: BuildSettings, **kwargs) -> ATSS:
+    """ATSS on ``neck``; ``kwargs`` go to :class:`DenseDetector`."""
+    check_group_norm("atss", settings.fpn_channels)
+    head = DenseHead(settings.fpn_channels, settings.num_classes, 4, with_centerness=True)
+    return ATSS(neck, head, one_anchor_per_place(settings), min_size=settings.min_size, max_size=settings.max_size,
+                **kwargs)
+
+
+def build_gfl(neck: PyramidBackboneWithFPN, settings: BuildSettings, **kwargs) -> GFL:
+    """GFL on ``neck``; ``kwargs`` go to :class:`DenseDetector`."""
+    check_group_norm("gfl", settings.fpn_channels)
+    head = DenseHead(settings.fpn_channels, settings.num_classes, 4 * (GFL_REG_MAX + 1))
+    return GFL(neck, head, one_anchor_per_place(settings), min_size=settings.min_size, max_size=settings.max_size,
+               **kwargs)
+
+
+def _dense_spec(name: str, title: str, build) -> DetectorSpec:
+    return DetectorSpec(
+        name=name, title=title, family="one-stage", with_masks=False, feature_levels=(1, 2, 3),
+        extra_levels=p6p7_from_p5, anchor_sizes=ANCHOR_SIZES, build=build,
+        config_options=lambda model: dict(detections_per_img=model.detections_per_img),
+        check_config=lambda model: check_group_norm(name, model.fpn_channels, "model.fpn_channels"),
+        flops_forward=dense_flops_forward, paper=(4, None),
+    )
+
+
+ATSS_SPEC = _dense_spec("atss", "ATSS", build_atss)
+GFL_SPEC = _dense_spec("gfl", "GFL", build_gfl)

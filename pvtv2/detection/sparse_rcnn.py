@@ -17,7 +17,7 @@ normalised by the image size (weight 5) and GIoU (weight 2) over the matched one
 number of ground-truth boxes (averaged over the processes). At test the last stage's scores give the top
 300 (box, class) pairs of each image, with no NMS.
 
-torchvision supplies the transform, the FPN, RoIAlign (MMDetection's ``aligned=True``, sampling 2,
+torchvision supplies the FPN, RoIAlign (MMDetection's ``aligned=True``, sampling 2,
 :mod:`pvtv2.detection.roi_align`), ``nn.MultiheadAttention``, the box coder, ``sigmoid_focal_loss``,
 ``generalized_box_iou(_loss)``; scipy the assignment. Written here is what no library has: the dynamic
 convolution, the stage head and the matching costs.
@@ -27,23 +27,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_convert, generalized_box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
+from ..engine.config import ConfigError
 from ..engine.distributed import mean_over_processes
 from ..errors import InputError
-from .config import SPARSE_RCNN_HEADS
+from .neck import PyramidBackboneWithFPN, no_extra_levels
 from .roi_align import FPN_LEVELS, AlignedMultiScaleRoIAlign
+from .spec import BuildSettings, DetectorSpec
+from .transform import DetectionTransform
 
 NUM_STAGES = 6
 NUM_PROPOSALS = 300
-NUM_HEADS = SPARSE_RCNN_HEADS  # the config checks fpn_channels against it
+NUM_HEADS = 8  # the self-attention's heads, as the official DIIHead's
 FEATURE_CHANNELS = 256
 DYNAMIC_CHANNELS = 64
 FFN_CHANNELS = 2048
@@ -150,6 +152,8 @@ def matching_cost(logits: Tensor, boxes: Tensor, gt_labels: Tensor, gt_boxes: Te
 def hungarian_match(cost: Tensor) -> tuple[Tensor, Tensor]:
     """The proposal and ground-truth indices of the one-to-one assignment of least total ``cost`` (P, G):
     min(P, G) pairs, by scipy's ``linear_sum_assignment``."""
+    from scipy.optimize import linear_sum_assignment  # scipy only where a Sparse R-CNN trains
+
     rows, columns = linear_sum_assignment(cost.detach().float().cpu().numpy())
     return (torch.as_tensor(rows, dtype=torch.long, device=cost.device),
             torch.as_tensor(columns, dtype=torch.long, device=cost.device))
@@ -173,9 +177,6 @@ class SparseRCNN(nn.Module):
         detections_per_img: int = NUM_PROPOSALS,
         min_size: int | Sequence[int] = 800,
         max_size: int = 1333,
-        image_mean: Sequence[float] = (0.485, 0.456, 0.406),
-        image_std: Sequence[float] = (0.229, 0.224, 0.225),
-        _skip_resize: bool = False,
     ) -> None:
         super().__init__()
         channels = backbone.out_channels
@@ -184,16 +185,13 @@ class SparseRCNN(nn.Module):
             dynamic_channels = max(channels * DYNAMIC_CHANNELS // FEATURE_CHANNELS, 1)
         if ffn_channels is None:
             ffn_channels = channels * FFN_CHANNELS // FEATURE_CHANNELS
-        if channels % num_heads:
-            raise InputError(f"sparse_rcnn's self-attention has {num_heads} heads: fpn_channels must be a multiple of "
-                             f"{num_heads}, got {channels}")
+        check_heads(channels, num_heads)
         for name, value in dict(num_proposals=num_proposals, num_stages=num_stages, detections_per_img=detections_per_img,
                                 dynamic_channels=dynamic_channels, ffn_channels=ffn_channels).items():
             if value < 1:
                 raise InputError(f"{name} must be at least 1, got {value}")
         min_sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
-        self.transform = GeneralizedRCNNTransform(min_sizes, max_size, list(image_mean), list(image_std),
-                                                  _skip_resize=_skip_resize)
+        self.transform = DetectionTransform(min_sizes, max_size)
         self.backbone = backbone
         self.num_classes = num_classes
         self.detections_per_img = detections_per_img
@@ -300,3 +298,32 @@ class SparseRCNN(nn.Module):
             detections.append(dict(boxes=image_boxes[top.indices // self.num_classes],
                                    labels=top.indices % self.num_classes + 1, scores=top.values))
         return detections
+
+
+def check_heads(fpn_channels: int, num_heads: int = NUM_HEADS, key: str = "fpn_channels") -> None:
+    """The self-attention needs ``fpn_channels`` (named ``key`` in the message) divisible by its heads."""
+    if fpn_channels % num_heads:
+        raise ConfigError(f"{key} must be a multiple of {num_heads} for sparse_rcnn (its self-attention has "
+                          f"{num_heads} heads), got {fpn_channels}")
+
+
+def build_sparse_rcnn(neck: PyramidBackboneWithFPN, settings: BuildSettings, **kwargs: Any) -> SparseRCNN:
+    """Sparse R-CNN on ``neck``; ``kwargs`` go to :class:`SparseRCNN` (``num_proposals``, ...)."""
+    return SparseRCNN(neck, settings.num_classes, min_size=settings.min_size, max_size=settings.max_size, **kwargs)
+
+
+def sparse_flops_forward(detector: nn.Module, images: Tensor) -> None:
+    """MMDetection's dummy forward: backbone and FPN on the image, the stages on the learned proposals."""
+    detector.backbone(images)
+    proposal_features = detector.proposal_features.weight[None]
+    rois = images.new_zeros(proposal_features.shape[1], proposal_features.shape[2], POOL_SIZE, POOL_SIZE)
+    for stage in detector.stages:
+        proposal_features = stage(rois, proposal_features)[2]
+
+
+SPEC = DetectorSpec(
+    name="sparse_rcnn", title="Sparse R-CNN", family="query", with_masks=False, feature_levels=(0, 1, 2, 3),
+    extra_levels=no_extra_levels, anchor_sizes=None, build=build_sparse_rcnn,
+    config_options=lambda model: dict(detections_per_img=model.detections_per_img, num_proposals=model.num_proposals),
+    check_config=lambda model: check_heads(model.fpn_channels, key="model.fpn_channels"), flops_forward=sparse_flops_forward, paper=(4, None),
+)

@@ -106,7 +106,12 @@ def read_training_checkpoint(path: str | Path, task: str | None = None) -> dict[
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; a training checkpoint is a file (last.pth, best.pth)")
-    state = dict(read_file(path))  # a clear error for a missing, damaged or foreign file
+    return training_checkpoint(read_file(path), path, task)  # read_file: a clear error for a damaged file
+
+
+def training_checkpoint(loaded: Mapping[str, Any], path: str | Path, task: str | None = None) -> dict[str, Any]:
+    """:func:`read_training_checkpoint` of a file already read (``loaded``, from ``path``)."""
+    state = dict(loaded)
     if FORMAT_KEY not in state:
         command = TASKS.get(task or "classification")
         raise CheckpointError(

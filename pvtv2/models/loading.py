@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import InputError
 from ..errors import InputError
 
-from .keys import FORMATS, Format, detect_format, to_official
+from .keys import FORMATS, Format, detect_format, family_of, to_official
 from .registry import build_model
 
 logger = logging.getLogger("pvtv2")
@@ -33,6 +33,10 @@ _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # (and our segmenters) under ``backbone.``. The longer prefix is tried first.
 _BACKBONE_PREFIXES = ("backbone.body.", "backbone.")
 _MAX_KEYS_SHOWN = 10
+# What only a classifier has, by family: the head, and PVTv1's class token and final norm, which the official
+# dense PVTv1 (a detector's or segmenter's backbone, ``features_only=True`` here) leaves out.
+_CLASSIFIER_ONLY = {"v1": ("head.weight", "head.bias", "cls_token", "norm.weight", "norm.bias"),
+                    "v2": ("head.weight", "head.bias")}
 
 
 class CheckpointError(InputError):
@@ -168,15 +172,16 @@ def fit_state_dict(
     elif fmt not in FORMATS:
         raise InputError(f"unknown checkpoint format {fmt!r}; expected one of {FORMATS}")
 
-    wanted_keys = list(expected)
-    if "head.weight" not in expected:
-        wanted_keys += ["head.weight", "head.bias"]  # so that a head in the file is not reported as unexpected
+    # A classifier's parts the model lacks are looked for too, so that they are not reported as unexpected.
+    classifier_only = [k for k in _CLASSIFIER_ONLY[family_of(expected)] if k not in expected]
     try:
-        official, unexpected = to_official(state_dict, fmt, wanted_keys)
+        official, unexpected = to_official(state_dict, fmt, [*expected, *classifier_only])
     except ValueError as error:
         raise CheckpointError(f"{source}: {error}") from error
 
     head_note = _fit_head(official, expected)
+    for key in classifier_only:
+        official.pop(key, None)
     head_loaded = "head.weight" in official
     missing = [k for k in expected if k not in official and (head_loaded or not k.startswith("head."))]
     mismatched = [

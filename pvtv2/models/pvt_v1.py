@@ -1,7 +1,9 @@
 """PVTv1 (Wang et al., "Pyramid Vision Transformer"): Tiny, Small, Medium, Large.
 
 Non-overlapping patch embedding, learned position embeddings per stage (resized bilinearly for other
-input sizes), plain FFN, SRA, a class token in the last stage and one LayerNorm at the end.
+input sizes), plain FFN, SRA, a class token in the last stage and one LayerNorm at the end. As a dense
+backbone (``features_only=True``) it is the official detection and segmentation one: no class token and
+no final LayerNorm (the stage-4 position embedding keeps the class token's slot, so the same weights load).
 """
 
 from __future__ import annotations
@@ -49,12 +51,14 @@ class PyramidVisionTransformer(PyramidVisionTransformerBase):
             num_tokens = grid * grid + (1 if i == NUM_STAGES - 1 else 0)
             setattr(self, f"pos_embed{i + 1}", nn.Parameter(torch.zeros(1, num_tokens, embed_dims[i])))
             setattr(self, f"pos_drop{i + 1}", nn.Dropout(drop_rate))
-        self.norm = nn.LayerNorm(embed_dims[-1], eps=BLOCK_NORM_EPS)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[-1]))
+        if not self.features_only:
+            self.norm = nn.LayerNorm(embed_dims[-1], eps=BLOCK_NORM_EPS)
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[-1]))
         self._init_weights()
         for i in range(NUM_STAGES):
             nn.init.trunc_normal_(getattr(self, f"pos_embed{i + 1}"), std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if not self.features_only:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def position_embedding(self, stage: int, height: int, width: int) -> torch.Tensor:
         """Stage ``stage``'s position embedding for a ``height`` x ``width`` grid, (1, H*W, C)."""
@@ -72,16 +76,16 @@ class PyramidVisionTransformer(PyramidVisionTransformerBase):
     def embed(self, stage: int, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x, height, width = super().embed(stage, x)
         pos = self.position_embedding(stage, height, width)
-        if stage == NUM_STAGES - 1:
+        if stage == NUM_STAGES - 1 and not self.features_only:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
             pos = torch.cat((self.pos_embed4[:, :1], pos), dim=1)
         return getattr(self, f"pos_drop{stage + 1}")(x + pos), height, width
 
     def stage_norm(self, stage: int, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x) if stage == NUM_STAGES - 1 else x
+        return self.norm(x) if stage == NUM_STAGES - 1 and not self.features_only else x
 
     def no_weight_decay(self) -> set[str]:
-        return {f"pos_embed{i + 1}" for i in range(NUM_STAGES)} | {"cls_token"}
+        return {f"pos_embed{i + 1}" for i in range(NUM_STAGES)} | ({"cls_token"} if not self.features_only else set())
 
 
 # Settings from the PVTv1 paper's Table 1 and the official release (reference.json).

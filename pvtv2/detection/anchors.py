@@ -1,0 +1,37 @@
+"""Anchors where MMDetection puts them: at each FPN level's own stride."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+
+FPN_STRIDES = (8, 16, 32, 64, 128)  # P3-P7
+
+
+class LevelAnchorGenerator(AnchorGenerator):
+    """torchvision's ``AnchorGenerator`` with anchors at each level's own stride (8, 16, ..., 128), as
+    MMDetection places them.
+
+    torchvision derives a level's stride as padded image size // feature size, which is off wherever the
+    stride-2 convs of P6 and P7 round up: a batch padded to 800 x 1344 has a 7 x 11 P7 and gets strides
+    114 x 122 instead of 128, so its anchors drift away from the places the features look at (by ~90
+    pixels at the far edge). Sizes that are multiples of 128 give the same anchors as torchvision's.
+    """
+
+    def __init__(self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
+                 strides: Sequence[int] = FPN_STRIDES) -> None:
+        super().__init__(tuple(tuple(s) for s in sizes), tuple(tuple(r) for r in aspect_ratios))
+        if len(strides) != len(sizes):
+            raise ValueError(f"one stride per level of anchor sizes ({len(sizes)}), got {list(strides)}")
+        self.strides = tuple(strides)
+
+    def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        grid_sizes = [feature_map.shape[-2:] for feature_map in feature_maps]
+        dtype, device = feature_maps[0].dtype, feature_maps[0].device
+        strides = [[torch.tensor(s, dtype=torch.int64, device=device)] * 2 for s in self.strides]
+        self.set_cell_anchors(dtype, device)
+        anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
+        return [anchors for _ in image_list.image_sizes]

@@ -1,0 +1,170 @@
+"""The official PVT release files of the dense tasks: MMDetection 2.x and MMSegmentation 0.x checkpoints.
+
+Such a file is a torch pickle ``{"state_dict": ..., "meta": {"CLASSES": (...), "config": "<text>", ...}}``
+(``optimizer`` too, unless it was published with ``publish_model``). ``config`` is mmcv's ``pretty_text`` of
+the resolved config: Python assignments of literals and ``dict(...)`` calls. It is read here without running
+it (:func:`parse_config_text`), so a file cannot run code, as ``torch.load(weights_only=True)`` reads the rest.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+
+
+class ReleaseFileError(InputError):
+    """A release file that cannot be read or understood; the message names the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    """A release checkpoint as read: its tensors (release layout), class names and config (parsed), if any."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    classes: tuple[str, ...] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    # "mmdet_version" or "mmseg_version" and the like, when the file has them.
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def is_release_layout(checkpoint: Mapping) -> bool:
+    """Whether a loaded checkpoint is an MMDetection / MMSegmentation one: a ``state_dict`` whose keys start
+    with ``backbone.`` beside heads of their names, and no ``pvtv2_train_checkpoint`` entry of ours."""
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, Mapping) or "pvtv2_train_checkpoint" in checkpoint:
+        return False
+    keys = [k for k in state if isinstance(k, str)]
+    return any(k.startswith("backbone.patch_embed1.") for k in keys) and any(
+        k.startswith(("neck.", "bbox_head.", "rpn_head.", "roi_head.", "decode_head.")) for k in keys)
+
+
+def read_release(path: str | os.PathLike, checkpoint: Mapping | None = None) -> ReleaseFile:
+    """The release file at ``path`` (or its already loaded ``checkpoint``)."""
+    path = Path(path)
+    if checkpoint is None:
+        from ..models.loading import read_file  # reads any checkpoint with weights_only=True, errors named
+
+        checkpoint = read_file(path)
+    state = checkpoint.get("state_dict", checkpoint)
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ReleaseFileError(f"{path} holds no tensors under 'state_dict'")
+    meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), Mapping) else {}
+    classes = meta.get("CLASSES")
+    if classes is not None and not (isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)):
+        raise ReleaseFileError(f"{path}: meta['CLASSES'] must be a list of class names, got {type(classes).__name__}")
+    text = meta.get("config")
+    config = parse_config_text(text, f"{path}'s meta['config']") if isinstance(text, str) else {}
+    versions = {k: str(v) for k, v in meta.items() if k.endswith("_version") and isinstance(v, str)}
+    return ReleaseFile(path, tensors, tuple(classes) if classes is not None else None, config, versions)
+
+
+def parse_config_text(text: str, source: str = "the config") -> dict[str, Any]:
+    """The variables of an mmcv config text (``model = dict(type='RetinaNet', ...)``), evaluated without
+    running it: literals, lists, tuples, dicts, ``dict(...)`` with keywords and names assigned before."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as error:
+        raise ReleaseFileError(f"{source} is not a config text: {error.msg} at line {error.lineno}") from error
+    variables: dict[str, Any] = {}
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and isinstance(statement.targets[0], ast.Name):
+            variables[statement.targets[0].id] = _literal(statement.value, variables, source)
+        elif not isinstance(statement, (ast.Import, ast.ImportFrom, ast.Expr)):
+            raise ReleaseFileError(f"{source}: line {statement.lineno} is not an assignment of a value")
+    return variables
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """An MMDetection / MMSegmentation config file (Python), its ``_base_`` files merged in as mmcv does (a
+    file's dicts update its bases' recursively; ``_delete_=True`` replaces instead), without running any."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReleaseFileError(f"config file {path} does not exist")
+    variables = parse_config_text(path.read_text(), f"config file {path}")
+    bases = variables.pop("_base_", [])
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = _merge(merged, read_config_file(path.parent / base))
+    return _merge(merged, variables)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and not value.get("_delete_", False) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = {k: v for k, v in value.items() if k != "_delete_"} if isinstance(value, Mapping) else value
+    return merged
+
+
+def _literal(node: ast.AST, variables: Mapping[str, Any], source: str) -> Any:
+    def value(n: ast.AST) -> Any:
+        return _literal(n, variables, source)
+
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [value(e) for e in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.Dict):
+        return {value(k): value(v) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
+        built: dict[str, Any] = {}
+        for keyword in node.keywords:  # dict(a=1, **other)
+            if keyword.arg is None:
+                built.update(value(keyword.value))
+            else:
+                built[keyword.arg] = value(keyword.value)
+        return built
+    operations = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+                  ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b}
+    if isinstance(node, ast.BinOp) and type(node.op) in operations:
+        left, right = value(node.left), value(node.right)
+        try:
+            return operations[type(node.op)](left, right)
+        except TypeError:
+            pass
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        operand = value(node.operand)
+        if isinstance(operand, (int, float)):
+            return -operand if isinstance(node.op, ast.USub) else operand
+    if isinstance(node, ast.Name) and node.id in variables:
+        return variables[node.id]
+    if (isinstance(node, ast.ListComp) and len(node.generators) == 1 and not node.generators[0].ifs
+            and isinstance(node.generators[0].target, ast.Name) and isinstance(node.generators[0].iter, ast.Call)
+            and isinstance(node.generators[0].iter.func, ast.Name) and node.generators[0].iter.func.id == "range"):
+        # [dict(...) for _ in range(num_stages)], as the Sparse R-CNN configs write their stages
+        loop = node.generators[0]
+        bounds = [value(a) for a in loop.iter.args]
+        return [_literal(node.elt, {**variables, loop.target.id: i}, source) for i in range(*bounds)]
+    raise ReleaseFileError(f"{source}: line {getattr(node, 'lineno', '?')} holds an expression that is not a plain "
+                           f"value ({ast.dump(node)[:60]}...)")
+
+
+def write_release(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], classes: tuple[str, ...],
+                  config_text: str, versions: Mapping[str, str]) -> None:
+    """A release-layout file: ``state_dict`` and ``meta`` (``CLASSES``, ``config``, ``versions``), atomically."""
+    from .training_state import atomic_save
+
+    meta = {"CLASSES": tuple(classes), "config": config_text, **versions}
+    atomic_save({"meta": meta, "state_dict": dict(state_dict)}, Path(path))
+
+
+def config_value(config: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
+    """``config[k1][k2]...``, or ``default`` where a level is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(config, Mapping) or key not in config:
+            return default
+        config = config[key]
+    return config
