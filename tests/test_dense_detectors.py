@@ -366,3 +366,30 @@ def test_fits_its_training_scenes(shapes: Path, kind: str) -> None:
     loader = torch.utils.data.DataLoader(scenes, 4, collate_fn=collate)
     results = predict_dataset(model, loader, torch.device("cpu"), show_progress=False)
     assert coco_metrics(scenes, results, ("bbox",))["bbox_AP"] >= 0.8
+
+
+@pytest.mark.parametrize(("pos", "neg", "min_pos", "low_quality"), [
+    (0.5, 0.4, 0.0, True),   # RetinaNet's
+    (0.7, 0.3, 0.3, True),   # the RPN's
+    (0.5, 0.5, 0.5, True),   # Mask R-CNN's RoI head
+    (0.6, 0.6, 0.6, False),  # a cascade stage's
+])
+def test_max_iou_matcher_assigns_as_mmdetection(pos, neg, min_pos, low_quality) -> None:
+    """MaxIoUMatcher against MMDetection's own MaxIoUAssigner on random overlaps with ties and empty columns."""
+    from pvtv2.detection.assigners import MaxIoUMatcher
+
+    from . import mmcv_ops
+
+    mmcv_ops.install()
+    from mmdet.models.task_modules.assigners import max_iou_assigner as assigners
+
+    torch.manual_seed(0)
+    for trial in range(20):
+        overlaps = (torch.rand(5, 60) * 1.2 - 0.2).clamp(min=0).round(decimals=1)  # many ties and zeros
+        if trial % 4 == 0:
+            overlaps[2] = 0.0  # a ground truth that overlaps nothing
+        theirs = assigners.MaxIoUAssigner(pos, neg, min_pos_iou=min_pos, match_low_quality=low_quality)
+        assigned = theirs.assign_wrt_overlaps(overlaps, torch.arange(5)).gt_inds  # 0 negative, -1 ignored, i + 1
+        ours = MaxIoUMatcher(pos, neg, allow_low_quality_matches=low_quality, min_pos_iou=min_pos)(overlaps)
+        expected = torch.where(assigned > 0, assigned - 1, torch.where(assigned == 0, -1, -2))
+        assert torch.equal(ours, expected), trial
