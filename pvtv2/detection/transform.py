@@ -6,7 +6,10 @@ At test, as the official configs' pipeline (mmcv ``imrescale``, ``Normalize``, `
   1333, the shorter at most 800), the new size rounded half up, with OpenCV's bilinear resize on the image's
   own pixels: on uint8 pixels OpenCV's fixed-point kernel, which differs from a float resize by a grey level
   on 11-18% of the pixels; then normalised and padded to a multiple of 32 with zeros;
-* boxes are mapped back to the original pixels by MMDetection's per-axis scale factors (new / old size);
+* boxes are mapped back to the original pixels by MMDetection's per-axis scale factors (new / old size):
+  :meth:`DetectionTransform.postprocess` does it after a detector's own post-processing; the one-stage
+  detectors call :func:`to_original_pixels` themselves before their NMS, as MMDetection's dense heads, and
+  return boxes that are final;
 * instance masks are pasted into the original image as MMDetection's ``_do_paste_mask`` does (bilinear
   ``grid_sample`` of the 28x28 mask at each pixel centre, one mask at a time within its box), giving
   probabilities that :data:`MASK_THRESHOLD` turns into masks with ``>=``.
@@ -69,6 +72,14 @@ def paste_masks(masks: Tensor, boxes: Tensor, height: int, width: int) -> Tensor
     return pasted
 
 
+def to_original_pixels(boxes: Tensor, image_shape: tuple[int, int], original_size: tuple[int, int]) -> Tensor:
+    """``boxes`` in the pixels of the resized image (``image_shape``, H x W) mapped to the original image's, as
+    MMDetection's ``scale_boxes`` by the inverse of its per-axis scale factors (new / old size)."""
+    (new_h, new_w), (height, width) = image_shape, original_size
+    inverse = torch.tensor([1 / (new_w / width), 1 / (new_h / height)] * 2, dtype=torch.float32)
+    return boxes * inverse.to(boxes)
+
+
 class DetectionTransform(GeneralizedRCNNTransform):
     """torchvision's detection transform with MMDetection's test-time resize and output mapping (see the
     module docstring); ``min_size`` and ``max_size`` as torchvision's (the last ``min_size`` at test)."""
@@ -94,10 +105,8 @@ class DetectionTransform(GeneralizedRCNNTransform):
                     original_image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         if self.training:
             return result
-        for prediction, (new_h, new_w), (height, width) in zip(result, image_shapes, original_image_sizes):
-            # MMDetection multiplies by the inverse of its scale factors (new / old size, per axis).
-            inverse = torch.tensor([width / new_w, height / new_h] * 2, dtype=torch.float32)
-            prediction["boxes"] = prediction["boxes"] * inverse.to(prediction["boxes"])
+        for prediction, image_shape, (height, width) in zip(result, image_shapes, original_image_sizes):
+            prediction["boxes"] = to_original_pixels(prediction["boxes"], image_shape, (height, width))
             if "masks" in prediction:
                 prediction["masks"] = paste_masks(prediction["masks"], prediction["boxes"], height, width)
         return result
