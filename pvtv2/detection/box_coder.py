@@ -1,31 +1,32 @@
-"""Box deltas to boxes as MMDetection's ``DeltaXYWHBBoxCoder.decode`` (``delta2bbox``), for the anchor heads.
+"""MMDetection's ``DeltaXYWHBBoxCoder`` decoding on torchvision's ``BoxCoder``.
 
-torchvision's ``BoxCoder`` (kept for encoding the training targets) divides the deltas by weights and clamps
-the log width and height ratios from above only; MMDetection multiplies by its ``target_stds`` and clamps them
-on both sides at ``log(1000 / 16)``, so a very negative ratio gives a box of 16/1000 of the anchor, not a
-vanishing one.
+The two compute the same boxes from the same deltas (centre shift by the box size, size scaled by
+``exp``), with one difference that shows on trained and random weights alike: MMDetection clamps the size
+deltas ``dw``, ``dh`` to ``+-log(1000 / 16)``, torchvision only from above, so a very negative delta gives a
+box of near-zero size here and one of 1.6% of the reference box there.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
-from torchvision.ops import clip_boxes_to_image
-
-WH_RATIO_CLIP = 16 / 1000
-MAX_LOG_RATIO = abs(math.log(WH_RATIO_CLIP))
+from torch import Tensor
+from torchvision.models.detection._utils import BoxCoder
 
 
-def decode_deltas(anchors: torch.Tensor, deltas: torch.Tensor, stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
-                  image_shape: tuple[int, int] | None = None) -> torch.Tensor:
-    """Boxes (N, 4) from ``anchors`` (N, 4) and their ``deltas`` (N, 4: dx, dy, dw, dh, means 0), clipped to
-    ``image_shape`` (H, W) when given; the same operations in the same order as MMDetection's."""
-    scaled = deltas * deltas.new_tensor(stds)
-    centres = (anchors[:, :2] + anchors[:, 2:]) * 0.5
-    sizes = anchors[:, 2:] - anchors[:, :2]
-    new_centres = centres + sizes * scaled[:, :2]
-    new_sizes = sizes * scaled[:, 2:].clamp(min=-MAX_LOG_RATIO, max=MAX_LOG_RATIO).exp()
-    boxes = torch.cat([new_centres - new_sizes * 0.5, new_centres + new_sizes * 0.5], dim=-1)
-    return boxes if image_shape is None else clip_boxes_to_image(boxes, image_shape)
+class DeltaXYWHCoder(BoxCoder):
+    """torchvision's ``BoxCoder`` for MMDetection's ``target_stds`` (its weights are their inverses), decoding
+    with the size deltas clamped on both sides as MMDetection's ``delta2bbox``."""
+
+    def __init__(self, stds: Sequence[float]) -> None:
+        super().__init__(tuple(1 / s for s in stds))
+
+    def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
+        # torchvision divides the size codes by their weights and clamps the result from above only: bound
+        # the codes from below so that the divided deltas are at least -bbox_xform_clip.
+        size_weights = torch.tensor(self.weights[2:], dtype=rel_codes.dtype, device=rel_codes.device)
+        codes = rel_codes.reshape(rel_codes.shape[0], -1, 4)
+        sizes = torch.maximum(codes[..., 2:], -self.bbox_xform_clip * size_weights)
+        codes = torch.cat([codes[..., :2], sizes], dim=-1).reshape(rel_codes.shape)
+        return super().decode_single(codes, boxes)

@@ -49,7 +49,7 @@ from ..engine.release import ReleaseFileError
 from ..errors import InputError
 from .anchors import FPN_STRIDES, LevelAnchorGenerator
 from .assigners import atss_assign
-from .box_coder import decode_deltas
+from .box_coder import DeltaXYWHCoder
 from .losses import boxes_to_distances, distances_to_boxes, distribution_focal_loss, integral, quality_focal_loss
 from .neck import PyramidBackboneWithFPN, p6p7_from_p5
 from .spec import BuildSettings, DetectorSpec, KeyMap, ReleaseLayout
@@ -288,6 +288,7 @@ class ATSS(AtssAssigned):
         if head.centerness is None or head.bbox_reg.out_channels != 4:
             raise ValueError("ATSS needs a DenseHead with 4 box channels and a centerness conv")
         super().__init__(backbone, head, anchor_generator, **kwargs)
+        self.box_coder = DeltaXYWHCoder(ATSS_BOX_STDS)
 
     def losses(self, targets: list[dict[str, torch.Tensor]], outputs: dict[str, torch.Tensor], anchors: torch.Tensor,
                assigned: list[torch.Tensor], level_counts: list[int]) -> dict[str, torch.Tensor]:
@@ -298,7 +299,7 @@ class ATSS(AtssAssigned):
         matches, normaliser = positive_matches(targets, assigned)
         for i, (where, boxes, labels) in enumerate(matches):
             classes[i, where, labels] = 1.0
-            predicted.append(decode_deltas(anchors[where], deltas[i, where], ATSS_BOX_STDS))
+            predicted.append(self.box_coder.decode_single(deltas[i, where], anchors[where]))
             true.append(boxes)
             centre_logits.append(centerness[i, where])
             centre_targets.append(centerness_target(anchors[where], boxes))
@@ -314,8 +315,8 @@ class ATSS(AtssAssigned):
 
     def decode(self, outputs: dict[str, torch.Tensor], anchors: torch.Tensor, level: int,
                image_shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        boxes = decode_deltas(anchors, outputs["bbox_regression"].float(), ATSS_BOX_STDS, image_shape)
-        return boxes, outputs["centerness"].float()[:, 0].sigmoid()
+        boxes = self.box_coder.decode_single(outputs["bbox_regression"].float(), anchors)
+        return clip_boxes_to_image(boxes, image_shape), outputs["centerness"].float()[:, 0].sigmoid()
 
 
 class GFL(AtssAssigned):
@@ -408,7 +409,8 @@ _INTEGRAL_KEY = "bbox_head.integral.project"  # GFLHead's Integral buffer, linsp
 def _head_to_ours(keys: KeyMap, head: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     scales = {int(match[1]): value for key, value in head.items() if (match := _SCALE_KEY.match(key))}
     if sorted(scales) != list(range(len(FPN_STRIDES))):
-        raise ReleaseFileError(f"its {keys.what} has scales for levels {sorted(scales)}, expected 0-{len(FPN_STRIDES) - 1}")
+        raise ReleaseFileError(f"its {keys.what} has scales for levels {sorted(scales)}, "
+                               f"expected 0-{len(FPN_STRIDES) - 1}")
     rest = {key: value for key, value in head.items() if not _SCALE_KEY.match(key) and key != _INTEGRAL_KEY}
     return {**keys.to_ours(rest), "head.scales": torch.stack([scales[i].reshape(()) for i in range(len(scales))])}
 

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection._utils import BoxCoder, Matcher
+from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.ops import box_iou, sigmoid_focal_loss
+from torchvision.ops import box_iou, clip_boxes_to_image, sigmoid_focal_loss
 
 from ..engine.release import ReleaseFileError
 from .anchors import LevelAnchorGenerator
 from .assigners import MaxIoUMatcher
-from .box_coder import decode_deltas
+from .box_coder import DeltaXYWHCoder
 from .dense_heads import (FOCAL_ALPHA, FOCAL_GAMMA, DenseDetector, channels_of, dense_flops_forward, dense_test_cfg,
                           dense_test_options, positive_matches)
 from .neck import PyramidBackboneWithFPN, p6p7_from_c5
@@ -47,7 +47,7 @@ class RetinaNet(DenseDetector):
                  nms_thresh: float = NMS_IOU, **kwargs: Any) -> None:
         super().__init__(backbone, head, anchor_generator, nms_thresh=nms_thresh, **kwargs)
         self.matcher = MaxIoUMatcher(POSITIVE_IOU, NEGATIVE_IOU, allow_low_quality_matches=True, min_pos_iou=0.0)
-        self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))  # encodes the targets: MMDetection's stds 1
+        self.box_coder = DeltaXYWHCoder((1.0, 1.0, 1.0, 1.0))  # MMDetection's target_stds for RetinaNet
 
     def assign(self, anchors: torch.Tensor, level_counts: list[int], boxes: torch.Tensor) -> torch.Tensor:
         if len(boxes) == 0:
@@ -71,7 +71,8 @@ class RetinaNet(DenseDetector):
 
     def decode(self, outputs: dict[str, torch.Tensor], anchors: torch.Tensor, level: int,
                image_shape: tuple[int, int]) -> tuple[torch.Tensor, None]:
-        return decode_deltas(anchors, outputs["bbox_regression"].float(), image_shape=image_shape), None
+        return clip_boxes_to_image(self.box_coder.decode_single(outputs["bbox_regression"].float(), anchors),
+                                   image_shape), None
 
     def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
         # det-train checkpoints written before K-class RetinaNet have K + 1 class channels per anchor, the first
