@@ -1,8 +1,8 @@
 """Building a detector by name on a PVT backbone with an FPN neck: :func:`build_detector` (each detector's
 parts are its module's, found through :mod:`pvtv2.detection.registry`).
 
-Targets use labels 1..K for K classes; 0 is the two-stage detectors' background and a class RetinaNet never
-sees, so every detector reads the same targets.
+Targets use labels 1..K for K classes (0 is the two-stage detectors' background), so every detector reads the
+same targets; detections come back labelled 1..K.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def build_detector(
     size per anchor level (default: the paper's, for 800-pixel images). ``fpn_channels``,
     ``box_head_channels`` and ``mask_head_channels`` default to the paper's (256, 1024, 256); smaller
     values make quick models for small images (the head widths are the two-stage detectors' only). Other
-    keywords go to the detector's builder (torchvision's ``score_thresh``, ``nms_thresh``,
-    ``detections_per_img``, ``box_batch_size_per_image``...; Sparse R-CNN's ``num_proposals``...).
+    keywords go to the detector's builder (``score_thresh``, ``nms_thresh``, ``detections_per_img``; the one-stage
+    detectors' ``topk_candidates``, ``min_box_size``; torchvision's ``box_batch_size_per_image``...; Sparse
+    R-CNN's ``num_proposals``...).
     """
     spec = detector_spec(kind)
     if num_classes < 1:
