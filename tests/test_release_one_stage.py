@@ -30,6 +30,7 @@ from pvtv2.detection.config import DetectionConfig
 from pvtv2.detection.model import build_from_config
 from pvtv2.detection.predict import detect, load_detector
 from pvtv2.detection.registry import detector_spec
+from pvtv2.detection.release import to_release
 from pvtv2.engine.training_state import FORMAT_KEY, FORMAT_VERSION, atomic_save
 
 from . import oracle
@@ -150,6 +151,24 @@ def test_head_key_map_round_trip_and_mmdetections_head(kind: str) -> None:
     names = ["cls_logits", "bbox_regression", "centerness"][:len(expected)]
     for name, levels in zip(names, expected):
         torch.testing.assert_close(ours[name].flatten(1), _per_place(levels).flatten(1), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["retinanet", "atss", "gfl"])
+def test_release_weights_load_strictly_into_mmdetections_detector(kind: str) -> None:
+    """A whole detector's weights in the release layout (official backbone keys, MMDetection 2.13 FPN and head
+    names; GFL's integral buffer too) are exactly the keys and shapes of MMDetection's model of the official
+    config, once its backbone keys pass MMDetection's own pvt_convert."""
+    oracle._import_mmdet()
+    from mmdet.models.backbones.pvt import pvt_convert
+
+    model = build_detector(kind, "pvt_v2_b0", num_classes=80)
+    release = to_release(model.state_dict(), detector_spec(kind), 80)
+    theirs = _mmdet_build(oracle.mmdet3_model_config(kind, "pvt_v2_b0"))
+    shapes = {k: v.shape for k, v in theirs.state_dict().items()}
+    backbone = pvt_convert({k.removeprefix("backbone."): v for k, v in release.items() if k.startswith("backbone.")})
+    state = {**{k: v for k, v in release.items() if not k.startswith("backbone.")},
+             **{f"backbone.{k}": v.reshape(shapes[f"backbone.{k}"]) for k, v in backbone.items()}}
+    theirs.load_state_dict(state, strict=True)
 
 
 def test_release_test_settings() -> None:
