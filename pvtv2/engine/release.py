@@ -127,6 +127,12 @@ def _literal(node: ast.AST, variables: Mapping[str, Any], source: str) -> Any:
             else:
                 built[keyword.arg] = value(keyword.value)
         return built
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range" and not node.keywords
+            and 1 <= len(node.args) <= 3):
+        # gpu_ids = range(0, 8), as the official train.py leaves it in every release file's config
+        bounds = [value(a) for a in node.args]
+        if all(isinstance(b, int) for b in bounds):
+            return range(*bounds)
     operations = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
                   ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b}
     if isinstance(node, ast.BinOp) and type(node.op) in operations:
