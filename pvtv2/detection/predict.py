@@ -75,7 +75,9 @@ def load_detector(path: str | Path, device: str = "auto", config: str | Path | N
     state = training_checkpoint(loaded, path, "detection")
     config = DetectionConfig.from_dict(state["config"], f"the config stored in {path}")
     class_names = list(state["class_names"])
-    model = build_from_config(config.model, config.data, len(class_names), pretrained=False)
+    # build_options: the test settings of a release file converted by pvt convert --to pvtv2
+    model = build_from_config(config.model, config.data, len(class_names), pretrained=False,
+                              **state.get("build_options", {}))
     _load_weights(model, state["model"], path)
     return LoadedDetector(model.eval().to(target), detector_spec(config.model.detector), config.model.backbone,
                           class_names, list(state["category_ids"]), config, target)
