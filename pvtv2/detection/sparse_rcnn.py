@@ -15,10 +15,15 @@ Training matches every stage's predictions one-to-one to the ground truth (Hunga
 the same losses: sigmoid focal loss (alpha 0.25, gamma 2, weight 2) over all proposals, L1 of the boxes
 normalised by the image size (weight 5) and GIoU (weight 2) over the matched ones, each divided by the
 number of ground-truth boxes (averaged over the processes). At test the last stage's scores give the top
-300 (box, class) pairs of each image, with no NMS.
+300 (box, class) pairs of each image, with no NMS, their boxes clipped to the image (MMDetection's are not).
+
+The official release files (MMDetection 2.13: ``EmbeddingRPNHead``'s ``init_proposal_bboxes`` and
+``init_proposal_features``, ``SparseRoIHead``'s ``bbox_head.<stage>`` DIIHeads) load by the key map at the end
+of this module (:data:`RELEASE_STAGE_NAMES`), and predict as MMDetection 3.3 does to float tolerance.
 
 torchvision supplies the FPN, RoIAlign (MMDetection's ``aligned=True``, sampling 2,
-:mod:`pvtv2.detection.roi_align`), ``nn.MultiheadAttention``, the box coder, ``sigmoid_focal_loss``,
+:mod:`pvtv2.detection.roi_align`), ``nn.MultiheadAttention``, the box coder (with MMDetection's clamp,
+:mod:`pvtv2.detection.box_coder`), ``sigmoid_focal_loss``,
 ``generalized_box_iou(_loss)``; scipy the assignment. Written here is what no library has: the dynamic
 convolution, the stage head and the matching costs.
 """

@@ -55,29 +55,30 @@ def load_segmenter(path: str | Path) -> LoadedSegmenter:
                 f"{path} is neither a pvt seg-train checkpoint (no {FORMAT_KEY!r} entry) nor an MMSegmentation "
                 f"release file (a state_dict of backbone.patch_embed1.*, neck.* and decode_head.* weights)")
         release = from_release(read_release(path, loaded))
-        model = _build(release.config, len(release.class_names), release.state_dict, path)
+        model = _build(release.config, release.backbone, len(release.class_names), release.state_dict, path)
         return LoadedSegmenter(model, release.backbone, list(release.class_names), release.config,
                                f"Semantic FPN {release.backbone} (MMSegmentation release file {path})",
                                None if release.palette is None else np.array(release.palette, dtype=np.uint8))
     state = training_checkpoint(loaded, path, "segmentation")
     config = SegmentationConfig.from_dict(state["config"], f"the config in {path}")
     class_names = list(state["class_names"])
-    model = _build(config, len(class_names), state["model"], path)
+    model = _build(config, state["model_name"], len(class_names), state["model"], path)
     colours = state.get("palette")  # a release file's, once converted to a seg-train checkpoint
     return LoadedSegmenter(model, state["model_name"], class_names, config,
                            f"Semantic FPN {state['model_name']} ({path}, iteration {state['iteration']})",
                            None if colours is None else np.array(colours, dtype=np.uint8))
 
 
-def _build(config: SegmentationConfig, num_classes: int, state_dict: dict[str, torch.Tensor], path: Path) -> nn.Module:
-    """The Semantic FPN ``config`` describes, with ``state_dict`` loaded strictly, in eval mode."""
+def _build(config: SegmentationConfig, backbone: str, num_classes: int, state_dict: dict[str, torch.Tensor],
+           path: Path) -> nn.Module:
+    """The Semantic FPN ``config`` describes on ``backbone``, with ``state_dict`` loaded strictly, in eval mode."""
     m = config.model
-    model = build_segmenter(m.segmenter, backbone=m.backbone, num_classes=num_classes, norm=m.norm, dropout=m.dropout,
+    model = build_segmenter(m.segmenter, backbone=backbone, num_classes=num_classes, norm=m.norm, dropout=m.dropout,
                             neck_channels=m.neck_channels, head_channels=m.head_channels)
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path} does not fit {m.backbone} Semantic FPN: {error}") from error
+        raise CheckpointError(f"checkpoint {path} does not fit {backbone} Semantic FPN: {error}") from error
     return model.eval()
 
 
