@@ -19,13 +19,13 @@ from torch import nn
 from torchvision import tv_tensors
 
 from ..data import open_rgb
-from ..engine.release import is_release_layout, read_release, resolve_checkpoint
+from ..engine.release import read_release, resolve_checkpoint
 from ..engine.training_state import FORMAT_KEY, training_checkpoint
 from ..models.loading import CheckpointError, read_file
 from .config import SegmentationConfig, parse_scales
 from .evaluate import predict_probabilities
 from .model import build_segmenter
-from .release import from_release
+from .release import from_release, is_segmenter_release
 from .transforms import EvalTransform
 
 
@@ -50,7 +50,7 @@ def load_segmenter(path: str | Path) -> LoadedSegmenter:
     path = resolve_checkpoint(path)
     loaded = read_file(path)  # a clear error for a missing, damaged or unsafe file
     if FORMAT_KEY not in loaded:
-        if not (is_release_layout(loaded) and any(k.startswith("decode_head.") for k in loaded.get("state_dict", {}))):
+        if not is_segmenter_release(loaded):
             raise CheckpointError(
                 f"{path} is neither a pvt seg-train checkpoint (no {FORMAT_KEY!r} entry) nor an MMSegmentation "
                 f"release file (a state_dict of backbone.patch_embed1.*, neck.* and decode_head.* weights)")

@@ -206,15 +206,19 @@ def as_training_checkpoint(segmenter: ReleaseSegmenter, source: str) -> dict[str
     }
 
 
+def is_segmenter_release(checkpoint: Mapping[str, Any]) -> bool:
+    """Whether a loaded checkpoint is an MMSegmentation release file (the release layout with a ``decode_head``)."""
+    return is_release_layout(checkpoint) and any(
+        isinstance(k, str) and k.startswith("decode_head.") for k in checkpoint.get("state_dict", checkpoint))
+
+
 def holds_segmenter(path: str | Path) -> bool:
-    """Whether ``path`` is a segmentation release file (a ``decode_head``) or a seg-train checkpoint."""
+    """Whether ``path`` is a segmentation release file or a seg-train checkpoint."""
     from ..engine.training_state import FORMAT_KEY
     from ..models.loading import read_file
 
     loaded = read_file(path)
-    if FORMAT_KEY in loaded:
-        return loaded.get("task") == "segmentation"
-    return is_release_layout(loaded) and any(k.startswith("decode_head.") for k in loaded.get("state_dict", loaded))
+    return loaded.get("task") == "segmentation" if FORMAT_KEY in loaded else is_segmenter_release(loaded)
 
 
 def convert(source: str | Path, destination: str | Path, to: str) -> str:
