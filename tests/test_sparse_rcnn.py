@@ -155,7 +155,7 @@ def test_training_without_targets_is_an_error() -> None:
 
 def test_eval_output_is_the_top_scoring_pairs_in_input_pixels() -> None:
     """detections_per_img (box, class) pairs of the proposals, labels 1..K, scores sorted, boxes in the input
-    image's pixels when the model resizes it (min_size 64 here, the image 96 x 160)."""
+    image's pixels when the model resizes it (min_size 64 here, the image 96 x 160), within the image."""
     model = _tiny().eval()
     with torch.no_grad():
         (output,) = model([torch.rand(3, 96, 160)])
@@ -165,6 +165,8 @@ def test_eval_output_is_the_top_scoring_pairs_in_input_pixels() -> None:
     assert torch.all(output["scores"][:-1] >= output["scores"][1:])
     # Before training the boxes are near the initial whole-image proposals: near 160 x 96, not 107 x 64.
     assert output["boxes"][:, 2].max() > 120 and output["boxes"][:, 3].max() > 72
+    # Clipped to the image, as every detector's (MMDetection's Sparse R-CNN leaves them unclipped).
+    assert output["boxes"].min() >= 0 and output["boxes"][:, 0::2].max() <= 160 and output["boxes"][:, 1::2].max() <= 96
 
 
 def test_bad_settings_are_errors() -> None:

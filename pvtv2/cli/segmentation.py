@@ -148,7 +148,7 @@ def run_predict(args: argparse.Namespace) -> int:
     segmenter = load_segmenter(args.checkpoint)
     labels = segment(segmenter, pixels, resolve_device(args.device), mode=args.mode, flip=args.flip or None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    overlay(pixels, labels, segmenter.class_names, args.alpha).save(args.out)
+    overlay(pixels, labels, segmenter.class_names, args.alpha, segmenter.colours).save(args.out)
     if args.labels is not None:
         Image.fromarray(labels.astype("uint8" if len(segmenter.class_names) <= 256 else "int32")).save(args.labels)
     found = ", ".join(segmenter.class_names[c] for c in sorted(set(labels.ravel().tolist())))

@@ -240,7 +240,7 @@ def run_predictions(args: argparse.Namespace) -> int:
                 cells[title] = drawing.permute(1, 2, 0).numpy()
             else:
                 labels = segment(loaded, pixels, device)
-                cells[title] = np.asarray(overlay(pixels, labels, loaded.class_names))
+                cells[title] = np.asarray(overlay(pixels, labels, loaded.class_names, colours=loaded.colours))
         rows.append((path.name, cells))
     titles = [title for title, _ in columns]
     save(predictions_figure(rows, titles), args.out)

@@ -10,16 +10,17 @@ is given by an MMDetection config file (``--config``).
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..engine.release import ReleaseFile, ReleaseFileError, config_value, write_release
-from ..models import build_model, list_models
+from ..engine.release import (
+    ReleaseFile, ReleaseFileError, config_value, convert_layout, pipeline_scale, release_backbone, write_release,
+)
 from .registry import DETECTORS
 from .spec import DetectorSpec
 
@@ -63,7 +64,8 @@ def from_release(release: ReleaseFile) -> ReleaseDetector:
     backbone_state = {k.removeprefix("backbone."): v for k, v in release.state_dict.items() if k.startswith("backbone.")}
     neck_state = {k: v for k, v in release.state_dict.items() if k.startswith("neck.")}
     head_state = {k: v for k, v in release.state_dict.items() if not k.startswith(("backbone.", "neck."))}
-    backbone = _backbone_of(backbone_state, config_value(model_config, "backbone", "type"), source)
+    backbone = release_backbone(backbone_state, config_value(model_config, "backbone", "type"), source,
+                                "give its MMDetection config file with --config")
     num_classes = layout.num_classes(head_state)
     class_names = release.classes if release.classes is not None else (
         COCO_CLASSES if num_classes == len(COCO_CLASSES) else tuple(f"class {i + 1}" for i in range(num_classes)))
@@ -73,7 +75,7 @@ def from_release(release: ReleaseFile) -> ReleaseDetector:
     state = {f"backbone.body.{k}": v for k, v in backbone_state.items()}
     state.update(neck_to_ours(neck_state, len(spec.feature_levels), source))
     state.update(layout.head_to_ours(head_state, num_classes))
-    long_side, short_side = _test_scale(release.config)
+    long_side, short_side = pipeline_scale(release.config, DEFAULT_TEST_SCALE)
     return ReleaseDetector(spec, backbone, tuple(class_names), state, short_side, long_side,
                            layout.test_options(model_config))
 
@@ -181,37 +183,51 @@ def _detector_of(release: ReleaseFile, model_config: Mapping[str, Any], source: 
     return spec
 
 
-def _backbone_of(state: Mapping[str, torch.Tensor], named: str | None, source: str) -> str:
-    fitting = [name for name in list_models() if _fits(state, name)]
-    if named is not None:
-        if named not in fitting:
-            raise ReleaseFileError(f"{source}: its backbone weights are not those of {named}, which its config names"
-                                   + (f"; they fit {', '.join(fitting)}" if fitting else ""))
-        return named
-    if len(fitting) != 1:
-        raise ReleaseFileError(f"{source}: its backbone weights fit {' and '.join(fitting) or 'none'} of the models; "
-                               f"give its MMDetection config file with --config")
-    return fitting[0]
+# COCO's category ids of its 80 classes, in COCO_CLASSES' order (annotations/instances_*.json).
+COCO_CATEGORY_IDS = (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
+                     *range(84, 91))
 
 
-def _fits(state: Mapping[str, torch.Tensor], name: str) -> bool:
-    shapes = _dense_backbone_shapes(name)
-    return shapes.keys() == state.keys() and all(tuple(state[k].shape) == shape for k, shape in shapes.items())
+def as_training_checkpoint(release: ReleaseDetector, source: str) -> dict[str, Any]:
+    """A release file's detector as a det-train checkpoint (model only, no optimizer state), which det-eval,
+    det-predict and show read: its config names the detector, backbone, test scale and COCO at the release
+    config's data root; ``build_options`` keeps the release's test settings."""
+    from ..engine.training_state import FORMAT_KEY, FORMAT_VERSION
+    from .config import DetectionConfig
+
+    coco = release.class_names == COCO_CLASSES
+    config = DetectionConfig.from_dict(dict(
+        model=dict(detector=release.spec.name, backbone=release.backbone),
+        data=dict(dataset="coco", min_size=release.min_size, max_size=release.max_size),
+    ), f"the config made for {source}")
+    return {
+        FORMAT_KEY: FORMAT_VERSION, "task": "detection", "model_name": release.backbone,
+        "class_names": list(release.class_names),
+        "category_ids": list(COCO_CATEGORY_IDS) if coco else list(range(1, len(release.class_names) + 1)),
+        "config": config.to_dict(), "build_options": dict(release.test_options), "model": release.state_dict,
+        "epoch": 0, "best": None, "converted_from": source,
+    }
 
 
-@functools.cache
-def _dense_backbone_shapes(name: str) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        model = build_model(name, num_classes=0, features_only=True)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def convert(source: str | Path, destination: str | Path, to: str) -> str:
+    """``pvt convert`` of a detector: a det-train checkpoint to the release layout (``to="mmdet"``: a file
+    MMDetection 2.x / 3.x loads with strict keys, and this package reads back), or a release file to a
+    det-train checkpoint (``to="pvtv2"``); returns what was written, in a sentence."""
+    from .predict import load_detector
 
+    def from_file(release: ReleaseFile, source: str) -> tuple[dict[str, Any], str]:
+        detector = from_release(release)
+        return (as_training_checkpoint(detector, source),
+                f"{detector.spec.title} {detector.backbone}, {len(detector.class_names)} classes")
 
-def _test_scale(config: Mapping[str, Any]) -> tuple[int, int]:
-    """(longer side, shorter side) of the release config's test pipeline resize, or the default."""
-    for step in config_value(config, "data", "test", "pipeline", default=[]) or []:
-        scale = step.get("img_scale") if isinstance(step, Mapping) else None
-        if isinstance(scale, (list, tuple)) and len(scale) == 2 and all(isinstance(s, int) for s in scale):
-            return max(scale), min(scale)
-        if isinstance(scale, list) and len(scale) == 1 and isinstance(scale[0], (list, tuple)):
-            return max(scale[0]), min(scale[0])
-    return DEFAULT_TEST_SCALE
+    def to_file() -> str:
+        detector = load_detector(source, "cpu")
+        config = detector.config
+        write_release_file(str(destination), detector.model.state_dict(), detector.spec, detector.backbone,
+                           tuple(detector.class_names), config.data.min_size, config.data.max_size,
+                           config.model.detections_per_img)
+        return f"{destination}: {detector.spec.title} {detector.backbone}, {len(detector.class_names)} classes, in " \
+               f"MMDetection's layout (load it with strict keys into the official config's model)"
+
+    return convert_layout(source, destination, to, framework="MMDetection", command="det-train",
+                          uses="det-eval, det-predict, show", from_release=from_file, to_release=to_file)

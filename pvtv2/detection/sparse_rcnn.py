@@ -15,10 +15,15 @@ Training matches every stage's predictions one-to-one to the ground truth (Hunga
 the same losses: sigmoid focal loss (alpha 0.25, gamma 2, weight 2) over all proposals, L1 of the boxes
 normalised by the image size (weight 5) and GIoU (weight 2) over the matched ones, each divided by the
 number of ground-truth boxes (averaged over the processes). At test the last stage's scores give the top
-300 (box, class) pairs of each image, with no NMS.
+300 (box, class) pairs of each image, with no NMS, their boxes clipped to the image (MMDetection's are not).
+
+The official release files (MMDetection 2.13: ``EmbeddingRPNHead``'s ``init_proposal_bboxes`` and
+``init_proposal_features``, ``SparseRoIHead``'s ``bbox_head.<stage>`` DIIHeads) load by the key map at the end
+of this module (:data:`RELEASE_STAGE_NAMES`), and predict as MMDetection 3.3 does to float tolerance.
 
 torchvision supplies the FPN, RoIAlign (MMDetection's ``aligned=True``, sampling 2,
-:mod:`pvtv2.detection.roi_align`), ``nn.MultiheadAttention``, the box coder, ``sigmoid_focal_loss``,
+:mod:`pvtv2.detection.roi_align`), ``nn.MultiheadAttention``, the box coder (with MMDetection's clamp,
+:mod:`pvtv2.detection.box_coder`), ``sigmoid_focal_loss``,
 ``generalized_box_iou(_loss)``; scipy the assignment. Written here is what no library has: the dynamic
 convolution, the stage head and the matching costs.
 """
@@ -26,21 +31,22 @@ convolution, the stage head and the matching costs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection._utils import BoxCoder
-from torchvision.ops import box_convert, generalized_box_iou, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import box_convert, clip_boxes_to_image, generalized_box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..engine.config import ConfigError
 from ..engine.distributed import mean_over_processes
+from ..engine.release import ReleaseFileError, config_value
 from ..errors import InputError
+from .box_coder import DeltaXYWHCoder
 from .neck import PyramidBackboneWithFPN, no_extra_levels
 from .roi_align import FPN_LEVELS, AlignedMultiScaleRoIAlign
-from .spec import BuildSettings, DetectorSpec
+from .spec import BuildSettings, DetectorSpec, ReleaseLayout
 from .transform import DetectionTransform
 
 NUM_STAGES = 6
@@ -52,7 +58,7 @@ FFN_CHANNELS = 2048
 POOL_SIZE = 7
 SAMPLING_RATIO = 2  # the official config's RoIAlign(output_size=7, sampling_ratio=2)
 CLS_FCS, REG_FCS = 1, 3
-BOX_STDS = (0.5, 0.5, 1.0, 1.0)  # DeltaXYWHBBoxCoder target_stds; torchvision's BoxCoder takes 1 / std
+BOX_STDS = (0.5, 0.5, 1.0, 1.0)  # DeltaXYWHBBoxCoder target_stds
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
 FOCAL_WEIGHT, L1_WEIGHT, GIOU_WEIGHT = 2.0, 5.0, 2.0  # the same for the matching costs and the losses
 PRIOR_PROBABILITY = 0.01  # the class fc's bias starts every score at this probability
@@ -207,7 +213,7 @@ class SparseRCNN(nn.Module):
         self.stages = nn.ModuleList(
             SparseStage(channels, num_classes, num_heads=num_heads, dynamic_channels=dynamic_channels,
                         ffn_channels=ffn_channels) for _ in range(num_stages))
-        self.box_coder = BoxCoder(tuple(1 / s for s in BOX_STDS))
+        self.box_coder = DeltaXYWHCoder(BOX_STDS)
 
     def image_whwh(self, image_sizes: list[tuple[int, int]]) -> Tensor:
         """(B, 4) each image's (width, height, width, height): the scale of its normalised boxes."""
@@ -248,7 +254,7 @@ class SparseRCNN(nn.Module):
         outputs = self.run_stages(features, image_list.image_sizes)
         if self.training:
             return self.losses(outputs, targets, image_list.image_sizes)
-        detections = self.postprocess(*outputs[-1])
+        detections = self.postprocess(*outputs[-1], image_list.image_sizes)
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
 
     def losses(self, outputs: list[tuple[Tensor, Tensor]], targets: list[dict[str, Tensor]],
@@ -289,13 +295,15 @@ class SparseRCNN(nn.Module):
             losses[f"loss_giou_{name}"] = GIOU_WEIGHT * giou / normaliser
         return losses
 
-    def postprocess(self, logits: Tensor, boxes: Tensor) -> list[dict[str, Tensor]]:
-        """Each image's ``detections_per_img`` best (box, class) pairs by sigmoid score, with no NMS."""
+    def postprocess(self, logits: Tensor, boxes: Tensor, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Each image's ``detections_per_img`` best (box, class) pairs by sigmoid score, with no NMS (as
+        MMDetection's SparseRoIHead), the boxes clipped to the image (which MMDetection's are not)."""
         detections = []
-        for image_logits, image_boxes in zip(logits.float(), boxes):
+        for image_logits, image_boxes, size in zip(logits.float(), boxes, image_sizes):
             scores = image_logits.sigmoid().flatten()
             top = scores.topk(min(self.detections_per_img, scores.numel()))
-            detections.append(dict(boxes=image_boxes[top.indices // self.num_classes],
+            # Clipped as every torchvision detector's output: boxes within the image they describe.
+            detections.append(dict(boxes=clip_boxes_to_image(image_boxes[top.indices // self.num_classes], size),
                                    labels=top.indices % self.num_classes + 1, scores=top.values))
         return detections
 
@@ -321,9 +329,99 @@ def sparse_flops_forward(detector: nn.Module, images: Tensor) -> None:
         proposal_features = stage(rois, proposal_features)[2]
 
 
+# -- the official release files (MMDetection 2.13: EmbeddingRPNHead, SparseRoIHead of DIIHeads) ----------------
+RELEASE_PROPOSALS = {"proposal_boxes": "rpn_head.init_proposal_bboxes",
+                     "proposal_features": "rpn_head.init_proposal_features"}
+RELEASE_STAGES = "roi_head.bbox_head"
+# A stage's modules: ours -> DIIHead's (mmcv's MultiheadAttention holds torch's as .attn; its FFN is
+# layers.0 = (fc, ReLU, dropout) and layers.1 = fc).
+RELEASE_STAGE_NAMES = {
+    "attention": "attention.attn", "attention_norm": "attention_norm", "interaction": "instance_interactive_conv",
+    "interaction_norm": "instance_interactive_conv_norm", "ffn.0": "ffn.layers.0.0", "ffn.2": "ffn.layers.1",
+    "ffn_norm": "ffn_norm", "cls_fcs": "cls_fcs", "cls_score": "fc_cls", "reg_fcs": "reg_fcs", "bbox_pred": "fc_reg",
+}
+RELEASE_TEST_CFG = {"rpn": None, "rcnn": {"max_per_img": NUM_PROPOSALS}}  # the official config's test_cfg
+
+
+def _rename(key: str, names: Mapping[str, str]) -> str | None:
+    """``key`` with its leading module path renamed by ``names`` (the longest that fits), or None."""
+    for prefix in sorted(names, key=len, reverse=True):
+        if key.startswith(prefix + "."):
+            return names[prefix] + key[len(prefix):]
+    return None
+
+
+def _renamed(head: Mapping[str, Tensor], proposals: Mapping[str, str], stages: tuple[str, str],
+             stage_names: Mapping[str, str]) -> dict[str, Tensor]:
+    """``head`` with the proposal embeddings renamed by ``proposals`` and each stage ``<stages[0]>.<i>.<layer>``
+    written ``<stages[1]>.<i>.<layer renamed by stage_names>``; a KeyError names a key that fits neither."""
+    out = {}
+    for key, value in head.items():
+        renamed = _rename(key, proposals)
+        stage, _, rest = key.removeprefix(stages[0] + ".").partition(".")
+        if renamed is None and key.startswith(stages[0] + ".") and stage.isdigit():
+            inner = _rename(rest, stage_names)
+            renamed = None if inner is None else f"{stages[1]}.{stage}.{inner}"
+        if renamed is None:
+            raise KeyError(key)
+        out[renamed] = value
+    return out
+
+
+def head_to_ours(head: Mapping[str, Tensor], num_classes: int) -> dict[str, Tensor]:
+    """A release file's Sparse R-CNN head (``rpn_head.`` and ``roi_head.`` keys) in our names."""
+    try:
+        return _renamed(head, {v: k for k, v in RELEASE_PROPOSALS.items()}, (RELEASE_STAGES, "stages"),
+                        {v: k for k, v in RELEASE_STAGE_NAMES.items()})
+    except KeyError as error:
+        raise ReleaseFileError(f"{error.args[0]} is not a weight of MMDetection's Sparse R-CNN head (expected "
+                               f"rpn_head.init_proposal_* and {RELEASE_STAGES}.<stage>.<DIIHead layer>)") from None
+
+
+def head_to_release(head: Mapping[str, Tensor], num_classes: int) -> dict[str, Tensor]:
+    """Our Sparse R-CNN's weights outside the backbone in the release layout's names."""
+    try:
+        return _renamed(head, RELEASE_PROPOSALS, ("stages", RELEASE_STAGES), RELEASE_STAGE_NAMES)
+    except KeyError as error:
+        raise ValueError(f"{error.args[0]} is not a weight of Sparse R-CNN's head") from None
+
+
+def _release_classes(head: Mapping[str, Tensor]) -> int:
+    key = f"{RELEASE_STAGES}.0.fc_cls.weight"
+    if key not in head:
+        raise ReleaseFileError(f"the file has no {key}, which a Sparse R-CNN release file has")
+    return head[key].shape[0]
+
+
+def _test_options(model: Mapping[str, Any]) -> dict[str, Any]:
+    """Our builder's keywords for a release config's model: its proposals, stages and their widths, and its
+    test_cfg's detections per image (the official ones where the config is silent)."""
+    stage = config_value(model, "roi_head", "bbox_head")
+    stage = stage[0] if isinstance(stage, list) and stage else stage
+    places = dict(num_proposals=config_value(model, "rpn_head", "num_proposals"),
+                  num_stages=config_value(model, "roi_head", "num_stages"),
+                  detections_per_img=config_value(model, "test_cfg", "rcnn", "max_per_img"),
+                  num_heads=config_value(stage, "num_heads"), ffn_channels=config_value(stage, "feedforward_channels"),
+                  dynamic_channels=config_value(stage, "dynamic_conv_cfg", "feat_channels"))
+    options = {}
+    for name, value in places.items():
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ReleaseFileError(f"the release config's Sparse R-CNN {name} must be a positive integer, got {value!r}")
+        options[name] = value
+    return options
+
+
 SPEC = DetectorSpec(
     name="sparse_rcnn", title="Sparse R-CNN", family="query", with_masks=False, feature_levels=(0, 1, 2, 3),
     extra_levels=no_extra_levels, anchor_sizes=None, build=build_sparse_rcnn,
     config_options=lambda model: dict(detections_per_img=model.detections_per_img, num_proposals=model.num_proposals),
     check_config=lambda model: check_heads(model.fpn_channels, key="model.fpn_channels"), flops_forward=sparse_flops_forward, paper=(4, None),
+    release=ReleaseLayout(
+        mmdet_type="SparseRCNN",
+        recognise=lambda keys: f"{RELEASE_PROPOSALS['proposal_boxes']}.weight" in keys,
+        num_classes=_release_classes, head_to_ours=head_to_ours, head_to_release=head_to_release,
+        test_options=_test_options, test_cfg=RELEASE_TEST_CFG,
+    ),
 )

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from ..data.images import resize_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # MMDetection's (123.675, 116.28, 103.53) / 255
 IMAGENET_STD = (0.229, 0.224, 0.225)  # MMDetection's (58.395, 57.12, 57.375) / 255
@@ -39,18 +39,6 @@ def rescaled_size(height: int, width: int, short: int, long: int) -> tuple[int, 
     """(height, width) after mmcv's ``imrescale`` to fit ``long`` x ``short`` keeping the aspect ratio."""
     scale = min(long / max(height, width), short / min(height, width))
     return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
-def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """``image`` (C, H, W), uint8 or float, resized to ``size`` (H, W) with OpenCV's bilinear (mmcv's
-    ``imresize``), same dtype and device."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image  # OpenCV returns the pixels unchanged at the same size
-    pixels = image.detach().permute(1, 2, 0).cpu().numpy()
-    resized = cv2.resize(np.ascontiguousarray(pixels), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    if resized.ndim == 2:  # OpenCV drops a single channel
-        resized = resized[:, :, None]
-    return torch.from_numpy(resized).permute(2, 0, 1).to(image.device)
 
 
 def paste_masks(masks: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:

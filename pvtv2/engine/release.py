@@ -9,8 +9,10 @@ it (:func:`parse_config_text`), so a file cannot run code, as ``torch.load(weigh
 from __future__ import annotations
 
 import ast
+import functools
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..models import build_model, list_models
 
 
 class ReleaseFileError(InputError):
@@ -34,6 +37,8 @@ class ReleaseFile:
     config: dict[str, Any] = field(default_factory=dict)
     # "mmdet_version" or "mmseg_version" and the like, when the file has them.
     versions: dict[str, str] = field(default_factory=dict)
+    # A segmenter's class colours (meta["PALETTE"]: one (R, G, B) a class), if the file has them.
+    palette: tuple[tuple[int, int, int], ...] | None = None
 
 
 def is_release_layout(checkpoint: Mapping) -> bool:
@@ -65,7 +70,14 @@ def read_release(path: str | os.PathLike, checkpoint: Mapping | None = None) -> 
     text = meta.get("config")
     config = parse_config_text(text, f"{path}'s meta['config']") if isinstance(text, str) else {}
     versions = {k: str(v) for k, v in meta.items() if k.endswith("_version") and isinstance(v, str)}
-    return ReleaseFile(path, tensors, tuple(classes) if classes is not None else None, config, versions)
+    palette = meta.get("PALETTE")
+    if palette is not None:
+        if not (isinstance(palette, (list, tuple)) and all(
+                isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+                for c in palette)):
+            raise ReleaseFileError(f"{path}: meta['PALETTE'] must be one [R, G, B] of 0-255 integers a class")
+        palette = tuple(tuple(c) for c in palette)
+    return ReleaseFile(path, tensors, tuple(classes) if classes is not None else None, config, versions, palette)
 
 
 def parse_config_text(text: str, source: str = "the config") -> dict[str, Any]:
@@ -159,11 +171,15 @@ def _literal(node: ast.AST, variables: Mapping[str, Any], source: str) -> Any:
 
 
 def write_release(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], classes: tuple[str, ...],
-                  config_text: str, versions: Mapping[str, str]) -> None:
-    """A release-layout file: ``state_dict`` and ``meta`` (``CLASSES``, ``config``, ``versions``), atomically."""
+                  config_text: str, versions: Mapping[str, str],
+                  palette: tuple[tuple[int, int, int], ...] | None = None) -> None:
+    """A release-layout file: ``state_dict`` and ``meta`` (``CLASSES``, ``config``, ``versions``, and a
+    segmenter's ``PALETTE``), atomically."""
     from .training_state import atomic_save
 
     meta = {"CLASSES": tuple(classes), "config": config_text, **versions}
+    if palette is not None:
+        meta["PALETTE"] = [list(colour) for colour in palette]
     atomic_save({"meta": meta, "state_dict": dict(state_dict)}, Path(path))
 
 
@@ -174,3 +190,119 @@ def config_value(config: Mapping[str, Any], *keys: str, default: Any = None) -> 
             return default
         config = config[key]
     return config
+
+
+
+# -- what a release file holds, shared by the dense tasks -----------------------------------------------------
+def release_backbone(state: Mapping[str, torch.Tensor], named: str | None, source: str, hint: str) -> str:
+    """The model whose dense backbone (``features_only=True``: the official detection and segmentation one)
+    ``state`` (keys without ``backbone.``) is: the one the config names (``named``), checked, or the only one
+    that fits; ``hint`` ends the error where none or several fit."""
+    fitting = [name for name in list_models() if _fits(state, name)]
+    if named is not None:
+        if named not in fitting:
+            raise ReleaseFileError(f"{source}: its backbone weights are not those of {named}, which its config names"
+                                   + (f"; they fit {', '.join(fitting)}" if fitting else ""))
+        return named
+    if len(fitting) != 1:
+        raise ReleaseFileError(f"{source}: its backbone weights fit {' and '.join(fitting) or 'none'} of the models; "
+                               f"{hint}")
+    return fitting[0]
+
+
+def _fits(state: Mapping[str, torch.Tensor], name: str) -> bool:
+    shapes = _dense_backbone_shapes(name)
+    return shapes.keys() == state.keys() and all(tuple(state[k].shape) == shape for k, shape in shapes.items())
+
+
+@functools.cache
+def _dense_backbone_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = build_model(name, num_classes=0, features_only=True)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def pipeline_scale(config: Mapping[str, Any], default: tuple[int, int]) -> tuple[int, int]:
+    """(longer side, shorter side) of the ``img_scale`` of a release config's test pipeline, or ``default``."""
+    for step in config_value(config, "data", "test", "pipeline", default=[]) or []:
+        scale = step.get("img_scale") if isinstance(step, Mapping) else None
+        if isinstance(scale, (list, tuple)) and len(scale) == 2 and all(isinstance(s, int) for s in scale):
+            return max(scale), min(scale)
+        if isinstance(scale, list) and len(scale) == 1 and isinstance(scale[0], (list, tuple)):
+            return max(scale[0]), min(scale[0])
+    return default
+
+
+def convert_layout(source: str | os.PathLike, destination: str | os.PathLike, to: str, *, framework: str,
+                   command: str, uses: str, from_release: Callable[[ReleaseFile, str], tuple[dict[str, Any], str]],
+                   to_release: Callable[[], str]) -> str:
+    """``pvt convert`` of a whole detector or segmenter: a ``framework`` release file to one of our ``command``
+    checkpoints (``to="pvtv2"``; ``from_release(release, source)`` gives the checkpoint and what it holds, in
+    words) or one of ours to the release layout (any other ``to``: ``to_release()`` writes it and says what it
+    wrote); returns what was written, in a sentence. ``uses``: the commands that read the checkpoint."""
+    from ..models.loading import read_file
+    from .training_state import atomic_save
+
+    loaded = read_file(source)
+    released = is_release_layout(loaded)
+    if to == "pvtv2":
+        if not released:
+            raise ReleaseFileError(f"{source} is not an {framework} release file; --to pvtv2 converts those")
+        checkpoint, description = from_release(read_release(source, loaded), str(source))
+        atomic_save(checkpoint, destination)
+        return f"{destination}: {description}, as a {command} checkpoint (for {uses})"
+    if released:
+        raise ReleaseFileError(f"{source} is in the release layout already; --to {to} converts {command} checkpoints")
+    return to_release()
+
+# -- the released files ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReleasedModel:
+    """One released detector or segmenter (engine/released_dense.json): its name is its official config's."""
+
+    name: str
+    task: str  # "detection" or "segmentation"
+    model: str  # the detector's name (pvtv2.detection.registry), or "semantic_fpn"
+    backbone: str
+    page: str | None  # where the official README links the file (Google Drive), None where it links a wrong one
+    box_AP: float | None = None
+    mask_AP: float | None = None
+    mIoU: float | None = None  # the official code's
+    mIoU_paper: float | None = None
+    note: str | None = None
+
+    @property
+    def published(self) -> str:
+        """The published figures, as the README prints them."""
+        if self.task == "segmentation":
+            return f"mIoU {self.mIoU} (paper {self.mIoU_paper})"
+        return f"box AP {self.box_AP}" + (f", mask AP {self.mask_AP}" if self.mask_AP is not None else "")
+
+
+@functools.cache
+def released_models() -> dict[str, ReleasedModel]:
+    """Every released detector and segmenter by name, in the official READMEs' order."""
+    rows = json.loads((Path(__file__).with_name("released_dense.json")).read_text())["files"]
+    return {row["name"]: ReleasedModel(**row) for row in rows}
+
+
+def released_cache_path(name: str) -> Path:
+    """Where ``pvt weights import NAME FILE`` keeps a released file (beside the cached ImageNet weights)."""
+    from ..models.download import cache_dir
+
+    return cache_dir() / "released" / f"{name}.pth"
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
+    """``checkpoint`` as a path: a file as it is, or the cached file of a released model's name; a clear error
+    for a released name that was not imported yet."""
+    path = Path(checkpoint)
+    if path.exists() or str(checkpoint) not in released_models():
+        return path
+    cached = released_cache_path(str(checkpoint))
+    if cached.is_file():
+        return cached
+    release = released_models()[str(checkpoint)]
+    where = f"download it from {release.page}" if release.page else "download it (see the official README)"
+    raise ReleaseFileError(f"{checkpoint} is a released {release.task} model that is not in the cache yet: {where} "
+                           f"and run `pvt weights import {checkpoint} FILE`")

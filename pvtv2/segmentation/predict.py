@@ -1,14 +1,14 @@
 """A segmenter from a checkpoint, per-pixel prediction of an image, and a colour overlay with a legend.
 
-Checkpoints of ``pvt seg-train`` carry their backbone, classes and test settings. MMSegmentation
-checkpoints of the official PVT Semantic FPN (``backbone.*``, ``neck.lateral_convs.*``,
-``decode_head.conv_seg.*``) are converted on load; their backbone is recognised from its keys and shapes.
+Checkpoints of ``pvt seg-train`` carry their backbone, classes and test settings. The official PVT Semantic
+FPN release files (MMSegmentation 0.13) are read as they are (:mod:`pvtv2.segmentation.release`): their
+backbone, classes, palette and test settings from their meta and shapes, and predict as MMSegmentation does
+with the official test pipeline.
 """
 
 from __future__ import annotations
 
 import colorsys
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +19,13 @@ from torch import nn
 from torchvision import tv_tensors
 
 from ..data import open_rgb
-from ..engine.training_state import is_training_checkpoint, read_training_checkpoint
-from ..models.conversion import identify_model
-from ..models.loading import CheckpointError, open_checkpoint, read_file
+from ..engine.release import read_release, resolve_checkpoint
+from ..engine.training_state import FORMAT_KEY, training_checkpoint
+from ..models.loading import CheckpointError, read_file
 from .config import SegmentationConfig, parse_scales
-from .data import ADE20K_CLASSES
 from .evaluate import predict_probabilities
 from .model import build_segmenter
+from .release import from_release, is_segmenter_release
 from .transforms import EvalTransform
 
 
@@ -34,66 +34,52 @@ class LoadedSegmenter:
     model: nn.Module
     backbone: str
     class_names: list[str]
-    config: SegmentationConfig  # the training config (or the defaults, for weights that are not ours)
+    config: SegmentationConfig  # the training config (or, for a release file, its settings as ours)
     description: str
+    palette: np.ndarray | None = None  # (classes, 3) uint8 colours the checkpoint names (a release file's PALETTE)
+
+    @property
+    def colours(self) -> np.ndarray:
+        """(classes, 3) uint8 colours of the classes: the checkpoint's palette, else :func:`palette`'s."""
+        return self.palette if self.palette is not None else palette(len(self.class_names))
 
 
 def load_segmenter(path: str | Path) -> LoadedSegmenter:
-    """The segmenter in ``path`` (a pvt seg-train checkpoint or an MMSegmentation one), in eval mode on the CPU."""
-    path = Path(path)
-    if not is_training_checkpoint(path):
-        return _from_mmseg(path)
-    state = read_training_checkpoint(path, "segmentation")
+    """The segmenter in ``path`` (a pvt seg-train checkpoint, an official MMSegmentation release file, or a
+    released model's name once imported), in eval mode on the CPU."""
+    path = resolve_checkpoint(path)
+    loaded = read_file(path)  # a clear error for a missing, damaged or unsafe file
+    if FORMAT_KEY not in loaded:
+        if not is_segmenter_release(loaded):
+            raise CheckpointError(
+                f"{path} is neither a pvt seg-train checkpoint (no {FORMAT_KEY!r} entry) nor an MMSegmentation "
+                f"release file (a state_dict of backbone.patch_embed1.*, neck.* and decode_head.* weights)")
+        release = from_release(read_release(path, loaded))
+        model = _build(release.config, release.backbone, len(release.class_names), release.state_dict, path)
+        return LoadedSegmenter(model, release.backbone, list(release.class_names), release.config,
+                               f"Semantic FPN {release.backbone} (MMSegmentation release file {path})",
+                               None if release.palette is None else np.array(release.palette, dtype=np.uint8))
+    state = training_checkpoint(loaded, path, "segmentation")
     config = SegmentationConfig.from_dict(state["config"], f"the config in {path}")
     class_names = list(state["class_names"])
-    model = build_segmenter(state["segmenter"], backbone=state["model_name"], num_classes=len(class_names),
-                            norm=config.model.norm, dropout=config.model.dropout,
-                            neck_channels=config.model.neck_channels, head_channels=config.model.head_channels)
+    model = _build(config, state["model_name"], len(class_names), state["model"], path)
+    colours = state.get("palette")  # a release file's, once converted to a seg-train checkpoint
+    return LoadedSegmenter(model, state["model_name"], class_names, config,
+                           f"Semantic FPN {state['model_name']} ({path}, iteration {state['iteration']})",
+                           None if colours is None else np.array(colours, dtype=np.uint8))
+
+
+def _build(config: SegmentationConfig, backbone: str, num_classes: int, state_dict: dict[str, torch.Tensor],
+           path: Path) -> nn.Module:
+    """The Semantic FPN ``config`` describes on ``backbone``, with ``state_dict`` loaded strictly, in eval mode."""
+    m = config.model
+    model = build_segmenter(m.segmenter, backbone=backbone, num_classes=num_classes, norm=m.norm, dropout=m.dropout,
+                            neck_channels=m.neck_channels, head_channels=m.head_channels)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state_dict)
     except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path} does not fit {state['model_name']} Semantic FPN: {error}") from error
-    return LoadedSegmenter(model.eval(), state["model_name"], class_names, config,
-                           f"Semantic FPN {state['model_name']} ({path}, iteration {state['iteration']})")
-
-
-# MMSegmentation names -> ours: FPN convs are ConvModules (.conv), head stages ConvModule(.conv, .bn).
-_MMSEG_RENAMES = (
-    (r"^neck\.lateral_convs\.(\d+)\.conv\.", r"neck.inner_blocks.\1.0."),
-    (r"^neck\.fpn_convs\.(\d+)\.conv\.", r"neck.layer_blocks.\1.0."),
-    (r"^decode_head\.scale_heads\.(\d+)\.(\d+)\.conv\.", r"decode_head.scale_heads.\1.\2.0."),
-    (r"^decode_head\.scale_heads\.(\d+)\.(\d+)\.(?:bn|gn)\.", r"decode_head.scale_heads.\1.\2.1."),
-    (r"^decode_head\.conv_seg\.", r"decode_head.classifier."),
-)
-
-
-def _from_mmseg(path: Path) -> LoadedSegmenter:
-    raw = read_file(path)  # a clear error for a missing, damaged or unsafe file
-    tensors = raw.get("state_dict", raw) if isinstance(raw, dict) else None
-    if not isinstance(tensors, dict) or "decode_head.conv_seg.weight" not in tensors:
-        raise CheckpointError(f"{path} is neither a pvt seg-train checkpoint nor an MMSegmentation Semantic FPN "
-                              f"checkpoint (no decode_head.conv_seg.weight)")
-    renamed = {}
-    for key, value in tensors.items():
-        if key.startswith("backbone.") or not isinstance(value, torch.Tensor):
-            continue
-        for pattern, replacement in _MMSEG_RENAMES:
-            key = re.sub(pattern, replacement, key)
-        renamed[key] = value
-    backbone_tensors = open_checkpoint(path).tensors
-    backbone = identify_model(backbone_tensors, source=f"the backbone of {path}")
-    num_classes = tensors["decode_head.conv_seg.weight"].shape[0]
-    norm = "group" if any(".gn." in k for k in tensors) else "batch"
-    model = build_segmenter("semantic_fpn", backbone=backbone, num_classes=num_classes, norm=norm)
-    model.backbone.load_state_dict(backbone_tensors)
-    missing, unexpected = model.load_state_dict(renamed, strict=False)
-    missing = [k for k in missing if not k.startswith("backbone.")]
-    if missing or unexpected:
-        raise CheckpointError(f"MMSegmentation checkpoint {path} does not fit Semantic FPN {backbone}: missing "
-                              f"{missing[:10]}, unexpected {unexpected[:10]}")
-    names = list(ADE20K_CLASSES) if num_classes == len(ADE20K_CLASSES) else [f"class_{i}" for i in range(num_classes)]
-    return LoadedSegmenter(model.eval(), backbone, names, SegmentationConfig(),
-                           f"Semantic FPN {backbone} (MMSegmentation checkpoint {path})")
+        raise CheckpointError(f"checkpoint {path} does not fit {backbone} Semantic FPN: {error}") from error
+    return model.eval()
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -126,9 +112,11 @@ def palette(num_classes: int) -> np.ndarray:
     return (np.array(colours) * 255).round().astype(np.uint8)
 
 
-def overlay(pixels: np.ndarray, labels: np.ndarray, class_names: list[str], alpha: float = 0.5) -> Image.Image:
-    """The image with each class's pixels tinted in its colour, and a legend of the classes present on the right."""
-    colours = palette(len(class_names))
+def overlay(pixels: np.ndarray, labels: np.ndarray, class_names: list[str], alpha: float = 0.5,
+            colours: np.ndarray | None = None) -> Image.Image:
+    """The image with each class's pixels tinted in its colour (``colours``, (classes, 3) uint8, default
+    :func:`palette`'s), and a legend of the classes present on the right."""
+    colours = palette(len(class_names)) if colours is None else colours
     blended = (pixels * (1 - alpha) + colours[labels] * alpha).round().astype(np.uint8)
     present = [int(c) for c, n in zip(*np.unique(labels, return_counts=True))]
     font = ImageFont.load_default()

@@ -2,13 +2,15 @@
 
 Training: random rescale (ratio 0.5-2.0 of the keep-ratio scale 2048x512) -> random 512x512 crop in which
 no class covers more than 75% of the labelled pixels (up to 10 tries) -> horizontal flip -> photometric
-distortion -> normalise -> pad to the crop size (image 0, mask ignore). Testing: rescale to the scale
-(shorter side 512, longer at most 2048) and normalise; the mask keeps its size, as metrics are taken at
+distortion -> normalise -> pad to the crop size (image 0, mask ignore). Testing: the official ``AlignResize``
+(rescale to the scale, shorter side 512 and longer at most 2048, then each side to a multiple of 32, with
+OpenCV's bilinear on the uint8 image as mmcv) and normalise; the mask keeps its size, as metrics are taken at
 the original resolution.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -17,10 +19,12 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..data.images import resize_image
 from .data import IGNORE_INDEX
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet's, as the backbones were pre-trained with
 STD = (0.229, 0.224, 0.225)
+SIZE_DIVISOR = 32  # AlignResize's: the test image's sides are multiples of the backbone's largest stride
 
 
 def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
@@ -134,16 +138,19 @@ def train_transform(
 
 
 class EvalTransform:
-    """(uint8 image, mask) -> (normalised image rescaled to ``scale``, the mask unchanged)."""
+    """(uint8 image, mask) -> (normalised image as the official test pipeline's ``AlignResize`` makes it, the
+    mask unchanged): a keep-ratio rescale to fit ``scale``, then each side resized to the next multiple of
+    ``size_divisor``, both with OpenCV's bilinear on the uint8 pixels (mmcv's ``imrescale`` and ``imresize``)."""
 
-    def __init__(self, scale: tuple[int, int] = (2048, 512)) -> None:
-        self.scale = scale
+    def __init__(self, scale: tuple[int, int] = (2048, 512), size_divisor: int = SIZE_DIVISOR) -> None:
+        self.scale, self.size_divisor = scale, size_divisor
         self.normalise = v2.Compose(_to_model_input())
 
     def resize(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 or float image (3, H, W) rescaled to the test scale, keeping its aspect ratio."""
-        size = rescale_size(*image.shape[-2:], self.scale)
-        return F.resize(image, list(size), antialias=True)
+        """uint8 image (3, H, W) rescaled to the test scale and aligned, as ``AlignResize``."""
+        rescaled = resize_image(image, rescale_size(*image.shape[-2:], self.scale))
+        aligned = [math.ceil(side / self.size_divisor) * self.size_divisor for side in rescaled.shape[-2:]]
+        return tv_tensors.Image(resize_image(rescaled, tuple(aligned)))
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.normalise(self.resize(tv_tensors.Image(image))), mask
+        return self.normalise(self.resize(image)), mask
