@@ -17,7 +17,7 @@ from ..engine.training_state import is_training_checkpoint, read_training_checkp
 from ..models import create_model
 from ..models.conversion import head_classes, identify_model
 from ..models.keys import detect_format
-from ..models.loading import CheckpointError, load_pretrained, open_checkpoint
+from ..models.loading import CheckpointError, check_weights, load_pretrained, open_checkpoint
 
 IMAGENET_CLASSES = 1000
 
@@ -68,6 +68,7 @@ def _from_training_checkpoint(path: Path, model_name: str | None, use_ema: bool)
     weights = state["model"] if not use_ema else {k.removeprefix("module."): v for k, v in state["ema"].items()}
     class_names = list(state["class_names"])
     model = create_model(name, num_classes=len(class_names))
+    check_weights(weights, model.state_dict(), f"checkpoint {path}")
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:

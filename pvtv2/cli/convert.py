@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..models.conversion import TARGETS, convert_checkpoint
+from ..models.conversion import TARGETS, check_destination, convert_checkpoint
 from .common import check_output_path
 
 
@@ -28,6 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_destination(args.destination, args.to)
     check_output_path(args.destination, "OUT")
     done = convert_checkpoint(args.source, args.destination, args.to, args.model)
     if done.backbone_only:

@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import EnvironmentProblem
+
+
 def capturing_graph() -> bool:
     """True while torch.compile, torch.export (also ONNX export) or the JIT tracer records the model."""
     return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
@@ -95,7 +98,7 @@ def export_onnx(
     try:
         import onnxscript  # noqa: F401  (the exporter's dependency; fail early with a clear message)
     except ImportError as error:
-        raise RuntimeError("ONNX export needs the onnx and onnxscript packages: pip install 'pvtv2[export]'") from error
+        raise EnvironmentProblem("ONNX export needs the onnx and onnxscript packages: pip install 'pvtv2[export]'") from error
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
