@@ -16,7 +16,7 @@ from typing import Any, Literal
 from torch.utils.data import Dataset
 from torchvision import datasets
 
-from ..data import DatasetError, open_rgb
+from ..data import DatasetError, read_image
 from .digits import Digits
 
 logger = logging.getLogger("pvtv2")
@@ -57,7 +57,7 @@ class ImageFolder(datasets.ImageFolder):
         if not any(p.is_dir() for p in folder.iterdir()):
             raise DatasetError(f"dataset folder {folder} has no class sub-folders; {LAYOUT}")
         try:
-            super().__init__(str(folder), transform=transform, loader=open_rgb)
+            super().__init__(str(folder), transform=transform, loader=read_image)
         except FileNotFoundError as error:  # torchvision: a class folder without a single image file
             raise DatasetError(f"dataset folder {folder}: {error}") from error
         self.bad_images = bad_images

@@ -13,12 +13,13 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2.functional import to_pil_image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from ..data import DatasetError
+from ..data import DatasetError, read_image_tensor
+from ..data.images import save_image
 from ..engine.distributed import resolve_device
 from ..engine.training_state import read_training_checkpoint
-from ..models.loading import CheckpointError
+from ..models.loading import CheckpointError, check_weights
 from .config import DetectionConfig
-from .data import CocoDetection, collate, ensure_shapes, eval_transform, read_image, split_paths
+from .data import CocoDetection, collate, ensure_shapes, eval_transform, model_input, split_paths
 from .evaluate import MASK_THRESHOLD, evaluate
 from .model import build_from_config
 
@@ -43,6 +44,7 @@ def load_detector(path: str | Path, device: str = "auto") -> LoadedDetector:
     config = DetectionConfig.from_dict(state["config"], f"the config stored in {path}")
     class_names = list(state["class_names"])
     model = build_from_config(config.model, config.data, len(class_names), pretrained=False)
+    check_weights(state["model"], model.state_dict(), f"checkpoint {path}")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
@@ -74,11 +76,12 @@ def predict_image(detector: LoadedDetector, image_path: str | Path, out: str | P
     """Detect objects in ``image_path``, write the drawing to ``out`` (its format from the extension) and
     return the detections as ``{label, score, box}`` dicts (box as x0, y0, x1, y1 pixels)."""
     image_path, out = Path(image_path), Path(out)
-    image = read_image(image_path)
+    image = read_image_tensor(image_path)
+    model_input(detector.config).check(image_path, (image.shape[-1], image.shape[-2]))  # before the model fails on it
     output = detect(detector, image, score_threshold)
     drawing = draw(image, output, detector.class_names)
     out.parent.mkdir(parents=True, exist_ok=True)
-    to_pil_image(drawing).save(out)  # the format follows the extension (PNG, JPEG...)
+    save_image(to_pil_image(drawing), out)  # the format follows the extension (PNG, JPEG...)
     return [dict(label=detector.class_names[int(label) - 1], score=float(score), box=[float(v) for v in box])
             for label, score, box in zip(output["labels"], output["scores"], output["boxes"])]
 
@@ -94,6 +97,7 @@ def evaluate_checkpoint(path: str | Path, *, root: str | None = None, split: str
     paths = split_paths(root, split if split is not None else data.val_split)
     with_masks = detector.config.model.with_masks
     dataset = CocoDetection(paths.images, paths.annotations, eval_transform(), with_masks=with_masks)
+    dataset.check_model_input(model_input(detector.config))
     if dataset.category_ids != detector.category_ids:
         raise DatasetError(f"{paths.annotations} has categories {dataset.category_ids}, but the checkpoint was "
                            f"trained on {detector.category_ids}")

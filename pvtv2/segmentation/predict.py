@@ -18,10 +18,9 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torchvision import tv_tensors
 
-from ..data import open_rgb
 from ..engine.training_state import is_training_checkpoint, read_training_checkpoint
 from ..models.conversion import identify_model
-from ..models.loading import CheckpointError, open_checkpoint, read_file
+from ..models.loading import CheckpointError, check_weights, open_checkpoint, read_file
 from .config import SegmentationConfig, parse_scales
 from .data import ADE20K_CLASSES
 from .evaluate import predict_probabilities
@@ -49,6 +48,7 @@ def load_segmenter(path: str | Path) -> LoadedSegmenter:
     model = build_segmenter(state["segmenter"], backbone=state["model_name"], num_classes=len(class_names),
                             norm=config.model.norm, dropout=config.model.dropout,
                             neck_channels=config.model.neck_channels, head_channels=config.model.head_channels)
+    check_weights(state["model"], model.state_dict(), f"checkpoint {path}")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
@@ -85,6 +85,7 @@ def _from_mmseg(path: Path) -> LoadedSegmenter:
     num_classes = tensors["decode_head.conv_seg.weight"].shape[0]
     norm = "group" if any(".gn." in k for k in tensors) else "batch"
     model = build_segmenter("semantic_fpn", backbone=backbone, num_classes=num_classes, norm=norm)
+    check_weights({**renamed, **{f"backbone.{k}": v for k, v in backbone_tensors.items()}}, model.state_dict(), path)
     model.backbone.load_state_dict(backbone_tensors)
     missing, unexpected = model.load_state_dict(renamed, strict=False)
     missing = [k for k in missing if not k.startswith("backbone.")]
@@ -94,11 +95,6 @@ def _from_mmseg(path: Path) -> LoadedSegmenter:
     names = list(ADE20K_CLASSES) if num_classes == len(ADE20K_CLASSES) else [f"class_{i}" for i in range(num_classes)]
     return LoadedSegmenter(model.eval(), backbone, names, SegmentationConfig(),
                            f"Semantic FPN {backbone} (MMSegmentation checkpoint {path})")
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """RGB pixels (H, W, 3) uint8 of an image file; a clear error naming the file."""
-    return np.asarray(open_rgb(path)).copy()
 
 
 @torch.no_grad()
@@ -112,9 +108,10 @@ def segment(segmenter: LoadedSegmenter, pixels: np.ndarray, device: torch.device
     batch = transform.normalise(transform.resize(image))[None].to(device)
     model = segmenter.model.to(device)
     probs = predict_probabilities(
-        model, batch, pixels.shape[:2], num_classes=len(segmenter.class_names), mode=mode or cfg.test.test_mode,
-        crop_size=cfg.augment.crop_size, stride=cfg.test.slide_stride,
-        flip=cfg.test.flip_test if flip is None else flip, scales=parse_scales(scales or cfg.test.test_scales),
+        model, batch, pixels.shape[:2], num_classes=len(segmenter.class_names),
+        mode=cfg.test.test_mode if mode is None else mode, crop_size=cfg.augment.crop_size,
+        stride=cfg.test.slide_stride, flip=cfg.test.flip_test if flip is None else flip,
+        scales=parse_scales(cfg.test.test_scales if scales is None else scales),
     )
     return probs.argmax(1)[0].cpu().numpy()
 
