@@ -366,6 +366,10 @@ OUTPUTS = [  # argv (CKPT: a checkpoint that does not exist: an output checked f
     (["det-eval", "--checkpoint", "CKPT", "--json", "@figures.txt"], "end the name with one of .json"),
     (["convert", "CKPT", "@b0.safetensors", "--to", "official"], "must end with .pth or .pt or .bin"),
     (["convert", "CKPT", "@b0.pth", "--to", "safetensors"], "must end with .safetensors"),
+    (["det-predict", "IMAGE", "--checkpoint", "CKPT", "--out", "IMAGE"], "would overwrite {tmp}/scene.png"),
+    (["seg-predict", "IMAGE", "--checkpoint", "CKPT", "--out", "@o.png", "--labels", "@o.png"],
+     "--labels {tmp}/o.png would overwrite"),
+    (["show", "features", "IMAGE", "--model", "pvt_v2_b0", "--out", "IMAGE"], "would overwrite {tmp}/scene.png"),
 ]
 
 
@@ -438,7 +442,7 @@ def b0_weights() -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("kind", WEIGHT_KINDS)
-@pytest.mark.parametrize("entry", ["weights import", "convert", "create_model"])
+@pytest.mark.parametrize("entry", ["weights import", "convert", "predict", "create_model"])
 def test_weights_that_are_not_float_weights_are_refused_naming_the_key(
     kind: str, entry: str, b0_weights: dict[str, torch.Tensor], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -450,8 +454,11 @@ def test_weights_that_are_not_float_weights_are_refused_naming_the_key(
         with pytest.raises(CheckpointError, match=WEIGHT_KINDS[kind]):
             pvtv2.create_model("pvt_v2_b0", pretrained=source)
         return
-    argv = ["weights", "import", "pvt_v2_b0", source] if entry == "weights import" else \
-        ["convert", source, tmp_path / "out.pth", "--to", "official"]
+    picture = tmp_path / "a.png"
+    Image.fromarray(noise(SIZE, SIZE)).save(picture)
+    argv = {"weights import": ["weights", "import", "pvt_v2_b0", source],
+            "convert": ["convert", source, tmp_path / "out.pth", "--to", "official"],
+            "predict": ["predict", picture, "--checkpoint", source]}[entry]
     status, _, err = run(argv, capsys)
     assert_refused(status, err, argv[0], source, WEIGHT_KINDS[kind])
     assert not (tmp_path / "cache" / "pvt_v2_b0.pth").exists() and not (tmp_path / "out.pth").exists()

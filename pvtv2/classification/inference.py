@@ -53,7 +53,7 @@ def load_classifier(path: str | Path, model_name: str | None = None, use_ema: bo
         raise CheckpointError(f"checkpoint {path} has no classification head (a backbone only): it cannot classify")
     name = model_name or identify_model(tensors, fmt, source=f"checkpoint {path}")
     model = create_model(name, num_classes=num_classes)
-    load_pretrained(model, tensors, fmt)
+    load_pretrained(model, tensors, fmt, described_as=f"checkpoint {path}")
     return LoadedClassifier(model.eval(), name, _default_class_names(num_classes), 224, 0.875, "bicubic",
                             f"{name} ({fmt} weights from {path})")
 

@@ -84,7 +84,7 @@ def run_eval(args: argparse.Namespace) -> int:
     check_option(args.batch_size, DetOptimConfig, "batch_size", "--batch-size")
     check_option(args.workers, DetDataConfig, "num_workers", "--workers")
     if args.json is not None:
-        check_output_file(args.json, "--json", (".json",), "the figures")
+        check_output_file(args.json, "--json", (".json",), "the figures", [args.checkpoint])
     metrics = evaluate_checkpoint(args.checkpoint, root=args.root, split=args.split, batch_size=args.batch_size,
                                   num_workers=args.workers, device=args.device, amp=args.amp)
     # pycocotools' -1 marks a figure that has no ground truth (APs of a split without small objects): it is
@@ -104,7 +104,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if not args.image.is_file():
         raise CommandError(f"image {args.image} does not exist")
     check_score_threshold(args.score_threshold)
-    check_image_output(args.out, "--out")
+    check_image_output(args.out, "--out", [args.image, args.checkpoint])
     detector = load_detector(args.checkpoint, args.device)
     detections = predict_image(detector, args.image, args.out, args.score_threshold)
     if args.json:

@@ -43,10 +43,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else Path(args.name + ("_features" if args.features_only else "") + suffix)
     # Before the export's tens of seconds of work.
     check_output_file(out, "--out", (suffix,), "an ONNX model" if args.format == "onnx" else "a torch.export program")
-    weights = None if args.pretrained is None else read_checkpoint(
-        download.fetch(args.name) if args.pretrained == OFFICIAL else args.pretrained)
-    num_classes = head_size(args, weights)
-    model = create_model(args.name, pretrained=weights, features_only=args.features_only,
+    source = download.fetch(args.name) if args.pretrained == OFFICIAL else args.pretrained
+    num_classes = head_size(args, None if source is None else read_checkpoint(source))
+    model = create_model(args.name, pretrained=source, features_only=args.features_only,
                          num_classes=num_classes).eval()
     print(f"exporting {args.name} to {out} (dynamic batch; height and width {MIN_EXPORT_SIDE}..{MAX_EXPORT_SIDE})")
     # Written beside its place and renamed there once checked: an export that fails its check leaves nothing.
@@ -72,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 if not error <= TOLERANCE:
                     raise RunFailure(f"the exported program differs from PyTorch by {error:.1e} (> {TOLERANCE}); "
                                      f"nothing was written")
-    print(f"wrote {out}" + ("" if weights is not None else " (random weights: give --pretrained for trained ones)"))
+    print(f"wrote {out}" + ("" if source is not None else " (random weights: give --pretrained for trained ones)"))
     return 0
 
 

@@ -164,13 +164,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if not 0 <= args.alpha <= 1:
         raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}")
-    check_image_output(args.out, "--out")
+    check_image_output(args.out, "--out", [args.image, args.checkpoint])
     if args.labels is not None:
-        check_class_map_output(args.labels, "--labels")
+        check_class_map_output(args.labels, "--labels", inputs=[args.image, args.checkpoint, args.out])
     picture = read_image(args.image)
     segmenter = load_segmenter(args.checkpoint)
     if args.labels is not None:  # now that the number of classes is known
-        check_class_map_output(args.labels, "--labels", len(segmenter.class_names))
+        check_class_map_output(args.labels, "--labels", len(segmenter.class_names), [args.image, args.out])
     model_input(segmenter.config, segmenter.backbone).check(args.image, picture.size)
     pixels = np.asarray(picture).copy()
     labels = segment(segmenter, pixels, resolve_device(args.device), mode=args.mode, flip=args.flip or None)

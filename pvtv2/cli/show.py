@@ -169,7 +169,7 @@ def run_attention(args: argparse.Namespace) -> int:
 
     if args.stage not in STAGES:
         raise CommandError(f"--stage {args.stage} does not exist: PVT models have stages 1 to 4")
-    check_figure_output(args.out, "--out")
+    check_figure_output(args.out, "--out", [args.image])
     pixels, original = _picture(args)
     model, description = _model(args)
     _check_model_input(model, args, original)
@@ -191,7 +191,7 @@ def run_features(args: argparse.Namespace) -> int:
     from ..visualize import feature_maps
     from ..visualize.figures import check_figure_output, features_figure, save
 
-    check_figure_output(args.out, "--out")
+    check_figure_output(args.out, "--out", [args.image])
     pixels, original = _picture(args)
     model, description = _model(args)
     _check_model_input(model, args, original)
@@ -223,7 +223,7 @@ def run_predictions(args: argparse.Namespace) -> int:
     if not args.detection and not args.segmentation:
         raise CommandError("give at least one checkpoint: --detection CKPT... and/or --segmentation CKPT...")
     check_score_threshold(args.score_threshold)
-    check_figure_output(args.out, "--out")
+    check_figure_output(args.out, "--out", [*args.images, *args.detection, *args.segmentation])
     pictures = {path: np.asarray(read_image(path)).copy() for path in args.images}  # each file read once, named if bad
     columns: list[tuple[str, object]] = []
     for path in args.detection:

@@ -23,6 +23,7 @@ import functools
 import io
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,20 +214,21 @@ def image_suffixes() -> tuple[str, ...]:
     return tuple(sorted(writable, key=lambda suffix: (rank.get(suffix, len(rank)), suffix)))
 
 
-def check_image_output(path: str | Path, option: str) -> None:
-    """Before any work: ``path`` (given with ``option``) names a picture format PIL writes, in a folder that
-    can be written."""
-    check_output_file(Path(path), option, image_suffixes(), "a picture")
+def check_image_output(path: str | Path, option: str, inputs: Sequence[Path] = ()) -> None:
+    """Before any work: ``path`` (given with ``option``) names a picture format PIL writes, is none of the
+    command's ``inputs`` and lies in a folder that can be written."""
+    check_output_file(Path(path), option, image_suffixes(), "a picture", inputs)
 
 
-def check_class_map_output(path: str | Path, option: str, num_classes: int | None = None) -> None:
+def check_class_map_output(path: str | Path, option: str, num_classes: int | None = None,
+                           inputs: Sequence[Path] = ()) -> None:
     """Before any work: ``path`` (given with ``option``) names a lossless format that holds the class index
     of ``num_classes`` classes (when known) per pixel, in a folder that can be written."""
     if num_classes is not None and num_classes > MAX_CLASS_MAP_CLASSES:
         raise InputError(f"{option}: a class map of {num_classes} classes does not fit 16-bit pixels, the widest "
                          f"that PNG and TIFF hold")
     check_output_file(Path(path), option, CLASS_MAP_SUFFIXES,
-                      "a class map, whose values must come back exactly (a lossless format)")
+                      "a class map, whose values must come back exactly (a lossless format)", inputs)
 
 
 def save_image(image: Image.Image, path: str | Path) -> None:

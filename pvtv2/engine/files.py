@@ -45,9 +45,10 @@ def check_writable(folder: Path, what: str, advice: str) -> None:
         raise EnvironmentProblem(f"{what} cannot be written ({error.strerror or error}); {advice}") from error
 
 
-def check_output_file(path: Path, option: str, suffixes: Sequence[str], what: str) -> None:
+def check_output_file(path: Path, option: str, suffixes: Sequence[str], what: str, inputs: Sequence[Path] = ()) -> None:
     """Before any work: ``path`` (given with ``option``) is a file name ending in one of ``suffixes`` (the
-    formats of ``what``), not a folder, in a folder that can be written."""
+    formats of ``what``), not a folder, none of the command's other files (``inputs``, which it would
+    overwrite), in a folder that can be written."""
     if path.suffix.lower() not in suffixes:
         found = f"its extension {path.suffix!r}" if path.suffix else "it has no extension, which"
         shown = ", ".join(suffixes[:_SHOWN_SUFFIXES]) + (f" (or {len(suffixes) - _SHOWN_SUFFIXES} more)"
@@ -55,6 +56,10 @@ def check_output_file(path: Path, option: str, suffixes: Sequence[str], what: st
         raise InputError(f"{option} {path}: {found} names no format for {what}; end the name with one of {shown}")
     if path.is_dir():
         raise InputError(f"{option} {path} is a folder; give a file name")
+    for source in inputs:
+        if path.resolve() == Path(source).resolve():
+            raise InputError(f"{option} {path} would overwrite {source}, which this command also reads or writes; "
+                             f"choose another name")
     check_writable(path.parent, f"{option} {path}", f"choose another {option}")
 
 

@@ -232,8 +232,10 @@ def _fit_head(official: dict[str, torch.Tensor], expected: Mapping[str, torch.Te
     return None
 
 
-def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, fmt: Format | None = None) -> Format:
+def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, fmt: Format | None = None,
+                    described_as: str | None = None) -> Format:
     """Load an official, timm or HF checkpoint into ``model`` strictly; returns the format it was in.
+    ``described_as`` names a state dict ``source`` in messages (a file's tensors read already).
 
     The classification head is skipped (with a log message) when the model has none or a different
     number of classes. Every key and shape is checked before any weight is copied, so a checkpoint that
@@ -241,7 +243,7 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, fmt: 
     """
     expected = model.state_dict()
     fitted = fit_state_dict(
-        read_checkpoint(source), expected, fmt=fmt, source=_describe(source),
+        read_checkpoint(source), expected, fmt=fmt, source=described_as or _describe(source),
         model_name=getattr(model, "model_name", type(model).__name__),
     )
     if fitted.head_note:

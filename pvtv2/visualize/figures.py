@@ -85,10 +85,10 @@ def figure_suffixes() -> tuple[str, ...]:
     return tuple(f".{name}" for name in Figure().canvas.get_supported_filetypes())
 
 
-def check_figure_output(path: str | Path, option: str) -> None:
-    """Before any work: ``path`` (given with ``option``) names a format matplotlib writes, in a folder that
-    can be written."""
-    check_output_file(Path(path), option, figure_suffixes(), "a figure")
+def check_figure_output(path: str | Path, option: str, inputs: Sequence[Path] = ()) -> None:
+    """Before any work: ``path`` (given with ``option``) names a format matplotlib writes, is none of the
+    command's ``inputs`` and lies in a folder that can be written."""
+    check_output_file(Path(path), option, figure_suffixes(), "a figure", inputs)
 
 
 def save(figure: Figure, path: str | Path) -> None:
