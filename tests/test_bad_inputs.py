@@ -303,6 +303,23 @@ def test_a_number_outside_its_limits_is_refused_where_it_enters(argv: list[str],
     assert_refused(status, err, argv[0], words)
 
 
+@pytest.mark.parametrize("failure", [
+    MemoryError(),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 60211200000 bytes. Error code 12 (Cannot allocate memory)"),
+])
+def test_an_allocation_that_cannot_succeed_is_one_sentence(failure: BaseException, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """pvt bench --batch 100000 asked torch's CPU allocator for 60 GB: a RuntimeError, shown as a traceback."""
+    def allocate(*args: object, **kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr("pvtv2.cli.bench.run_suite", allocate)
+    status, _, err = run(["bench", "--batch", "100000", "--out", tmp_path / "bench"], capsys)
+    assert_refused(status, err, "bench", "out of memory", "lower the batch size", code=1)
+
+
 def test_sliding_windows_with_a_stride_below_1_are_refused_not_averaged_over_nothing() -> None:
     """--stride -5 ran no window and scored every pixel 0 / 0 logits: mIoU 28.85 where valid strides give 17-18."""
     model = build_segmenter("semantic_fpn", backbone="pvt_v2_b0", num_classes=3, neck_channels=16, head_channels=16).eval()

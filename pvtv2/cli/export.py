@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from ..engine.files import check_output_file
-from ..files import written_atomically
 from ..errors import RunFailure
+from ..files import written_atomically
 from ..models import create_model, download
 from ..models.conversion import detect_checkpoint_format, head_classes
 from ..models.export import MAX_EXPORT_SIDE, MIN_EXPORT_SIDE, check_onnx, export_onnx, export_program

@@ -33,8 +33,8 @@ from PIL import ExifTags, Image, ImageOps
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from ..engine.files import check_output_file
-from ..files import written_atomically
 from ..errors import InputError
+from ..files import written_atomically
 
 COMMON_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")

@@ -17,9 +17,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..data import DatasetError
 from ..engine import distributed
 from ..engine.optim import autocast
-from ..data import DatasetError
 from .data import CocoDetection
 
 # pycocotools' summary order: COCOeval.stats[i] for the first six figures.
