@@ -72,8 +72,12 @@ def output_folder_lock(folder: Path, command: str, option: str = "--output_dir")
     releases when its process ends in any way, Ctrl-C, SIGKILL or a crash: a lock left by a process that
     no longer runs is taken over with a note. The file holds the holder's description for the message.
     """
-    import fcntl  # POSIX; imported here so that the module loads elsewhere
-
+    try:
+        import fcntl  # POSIX
+    except ImportError:  # Windows: no flock; runs are not guarded there
+        logger.warning("this system has no file locks (fcntl): nothing stops a second run into %s", folder)
+        yield
+        return
     path = folder / LOCK_NAME
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -85,6 +89,12 @@ def output_folder_lock(folder: Path, command: str, option: str = "--output_dir")
             raise InputError(f"{folder} is the output folder of a run still going on"
                              f"{f' ({holder})' if holder else ''}: wait for it to end, or choose another "
                              f"{option}") from None
+        except OSError as error:  # a file system without locks (some network ones): run, unguarded
+            os.close(fd)
+            logger.warning("%s: the file system refuses a lock (%s): nothing stops a second run into it", folder,
+                           error.strerror or error)
+            yield
+            return
         # A holder that ended between our open and our lock may have removed the file: lock the current one.
         try:
             same_file = os.stat(path).st_ino == os.fstat(fd).st_ino
