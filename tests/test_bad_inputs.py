@@ -266,6 +266,25 @@ def test_a_picture_the_model_cannot_take_is_refused_with_its_name_size_and_limit
     assert not (tmp_path / "out.png").exists()
 
 
+def test_eval_names_a_picture_its_resize_would_blow_up_and_can_skip_it(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A 60000x1 strip resized to a shorter side of 256 is 15 G pixels: a MemoryError in a worker process."""
+    checkpoint = tmp_path / "b0_2.pth"
+    torch.save(pvtv2.create_model("pvt_v2_b0", num_classes=2).state_dict(), checkpoint)
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        Image.fromarray(noise(40, 40)).save(tmp_path / "data" / label / "fine.png")
+    strip = tmp_path / "data" / "a" / "strip.png"
+    Image.new("RGB", (60000, 1)).save(strip)
+    argv = ["eval", "--checkpoint", checkpoint, "--data", tmp_path / "data", "--workers", "0", "--device", "cpu"]
+    status, _, err = run(argv, capsys)
+    assert_refused(status, err, "eval", strip, "60000x1", "more than the 89478485 pixels", "bad_images: skip")
+    status, out, err = run([*argv, "--bad-images", "skip", "--json"], capsys)
+    assert status == 0, err
+    assert json.loads(out)["images"] == 3 and f"skipping an image that cannot be used: image {strip}" in caplog.text
+
+
 # == 2. numbers ===================================================================================================
 
 NUMBERS = [  # argv (CKPT: a checkpoint that is never read; IMAGE: a picture), words of the sentence

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..classification.evaluate import evaluate
     from ..classification.inference import load_classifier
     from ..classification.transforms import eval_resize, eval_transform
+    from ..data.images import ModelInput
     from ..engine import distributed
     from ..engine.config import check_option
     from ..engine.distributed import shard
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
             dataset, where = Digits("val", img_size, transform), "digits (held-out split)"
         else:
             folder = eval_folder(args.data)
-            dataset, where = ImageFolder(folder, transform, args.bad_images), str(folder)
+            resized = ModelInput(smallest=1, shorter=eval_resize(img_size, crop_pct))  # refuses a sliver by name
+            dataset, where = ImageFolder(folder, transform, args.bad_images, resized), str(folder)
         if len(dataset.classes) != len(classifier.class_names) or (
             classifier.from_training and list(dataset.classes) != classifier.class_names
         ):
