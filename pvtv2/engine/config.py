@@ -31,6 +31,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from ..errors import InputError
+from ..files import written_atomically
 
 C = TypeVar("C", bound="Config")
 
@@ -178,9 +179,9 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
-        """Write the resolved config (every key, overrides applied) as YAML."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(self.to_yaml())
+        """Write the resolved config (every key, overrides applied) as YAML, whole or not at all."""
+        with written_atomically(path) as temporary:
+            temporary.write_text(self.to_yaml())
 
 
 def check_option(value: Any, section: type, key: str, option: str) -> Any:
