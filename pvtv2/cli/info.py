@@ -60,8 +60,8 @@ def describe(name: str, size: tuple[int, int], features_only: bool = False) -> d
 def run(args: argparse.Namespace) -> int:
     smallest = min_input_size(args.name)  # also names an unknown model
     if min(args.size) < smallest:
-        raise CommandError(f"--size {args.size[0]} {args.size[1]} is too small for {args.name}: it needs at least "
-                           f"{smallest} pixels per side")
+        raise CommandError(f"--size {args.size[0]} {args.size[1]}: a {args.size[0]}x{args.size[1]} input is too small "
+                           f"for {args.name}, which needs at least {smallest} pixels per side")
     info = describe(args.name, tuple(args.size), args.features_only)
     if args.json:
         print(json.dumps(info, indent=1))
