@@ -23,6 +23,27 @@ What is translated, and how faithful it is:
 * mmcv-lite has no compiled ops: ``install_mmcv_ops_shim`` provides ``nms`` and ``roi_align_forward`` through
   torchvision with mmcv's semantics (score order of mmcv's CPU kernel; RoIAlign average pooling with mmcv's
   ``aligned``/``sampling_ratio`` meaning). Every other op raises if inference ever reaches it.
+* Random weights: every parameter and BatchNorm statistic random (a wrong key mapping changes the outputs), the
+  prediction layers scaled (class logits channel by channel), and the foreground class biases shifted so that
+  50-100 detections score above 0.05 on both test photos (``test_photo()`` and ``test_photo((800, 1216))``).
+* The resolved RetinaNet, Mask R-CNN and Semantic FPN configs carry the R-50 base's backbone keys (depth=50,
+  norm_cfg, ...) merged into ``backbone=dict(type='pvt_v2_b0', ...)``, as mmcv 1.x merges them: a loader has to
+  ignore them.
+
+MMDetection 3.3 against 2.13 at inference (from both versions' sources):
+
+* RetinaNet / ATSS / GFL ``nms_pre``: 2.13 keeps a level's 1000 anchors with the highest class score (ATSS:
+  score x centerness) with all their classes, then filters the (anchor, class) pairs at ``score_thr``; 3.3
+  filters the pairs at ``score_thr`` first and keeps the 1000 best pairs (ATSS: by class score alone). Same
+  candidates whenever fewer than 1000 anchors of a level pass ``score_thr`` (the calibrated models here have
+  at most about 300).
+* 3.3's dense heads drop boxes of zero width or height (``min_bbox_size=0`` after rescaling); 2.13's
+  RetinaNet/ATSS/GFL heads keep them (2.13 applies ``min_bbox_size`` in the RPN only).
+* ATSS (both): ``score_thr`` applies to the class score before the centerness product, so final scores can be
+  below 0.05.
+* Sparse R-CNN (both): boxes not clipped (``clip_border=False``), no NMS and no score threshold: the 300 best
+  (proposal, class) pairs, in ``topk(sorted=False)`` order.
+* RPN, RoI box heads, mask pasting, Cascade's averaging of the stages' logits and masks: the same in both.
 
 Importing this module is cheap; MMDetection/MMSegmentation are imported on first use.
 """
