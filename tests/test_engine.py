@@ -36,7 +36,7 @@ INVALID = [
     ("train", ["--scale", "0.9,0.5"], "augment.scale must be (low, high) with low <= high, got 0.9, 0.5"),
     ("train", ["--dataset", "folder"], "data.root is needed for dataset 'folder'"),
     ("train", ["--hflip", "1.5"], "augment.hflip must be at most 1, got 1.5"),
-    ("train", ["--base_lr", "nan"], "optim.base_lr must be a number, got 'nan'"),
+    ("train", ["--base_lr", "nan"], "optim.base_lr must be a finite number, got 'nan'"),
     ("det-train", ["--epochs", "0"], "optim.epochs must be at least 1, got 0"),
     ("det-train", ["--train_min_size", "800,640"], "data.train_min_size must be (low, high) with low <= high"),
     ("det-train", ["--min_size", "900", "--max_size", "800"], "data.min_size (900) must not exceed data.max_size"),

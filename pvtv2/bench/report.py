@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..files import written_atomically
+
 JSON_NAME = "bench.json"
 PLOT_NAME = "resolution.png"
 _IMPL_STYLES = {"ours": "-o", "timm": "--s", "hf": ":^"}
@@ -16,7 +18,8 @@ def write_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Writes ``bench.json``, and ``resolution.png`` when there is a sweep, into ``out_dir``; returns them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / JSON_NAME]
-    written[0].write_text(json.dumps(results, indent=1) + "\n")
+    with written_atomically(written[0]) as temporary:
+        temporary.write_text(json.dumps(results, indent=1) + "\n")
     if results["sweep"]:
         written.append(out_dir / PLOT_NAME)
         plot_resolution(results, written[-1])

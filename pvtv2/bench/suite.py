@@ -42,10 +42,10 @@ from torch import nn
 
 from ..errors import InputError
 from ..engine.allocator import ALLOCATORS, keep_freed_memory
-from ..models import create_model, list_models
+from ..models import create_model, list_models, min_input_size
 from ..models import cpu_inference
 from ..models.complexity import count_flops, create_for_counting
-from ..models.export import export_onnx
+from ..models.export import MAX_EXPORT_SIDE, MIN_EXPORT_SIDE, export_onnx
 from .machine import attainable_peak_gflops, describe_machine
 from .memory import describe_method, measure_peak_memory
 from .peers import is_v2, peer_with_weights_of, peers_of, relative_error
@@ -111,6 +111,17 @@ class BenchConfig:
             raise InputError(f"warmup must be 0 or more rounds, got {self.warmup}")
         if self.fit_range[0] > self.fit_range[1]:
             raise InputError(f"fit_range must be (smallest, largest) size, got {self.fit_range}")
+        # Sizes every model takes, checked before minutes of timing rather than failing in a model midway.
+        for what, sizes, models in (("image_size (--image-size)", (self.image_size,), self.models),
+                                    ("sweep_sizes (--sizes)", self.sweep_sizes, self.sweep_models)):
+            for name in models:
+                if min(sizes) < min_input_size(name):
+                    raise InputError(f"{what} {min(sizes)} is too small for {name}: it needs at least "
+                                     f"{min_input_size(name)} pixels per side")
+        if self.runs_onnxruntime and not MIN_EXPORT_SIDE <= self.image_size <= MAX_EXPORT_SIDE:
+            raise InputError(f"image_size (--image-size) {self.image_size} is outside the {MIN_EXPORT_SIDE}..{MAX_EXPORT_SIDE} pixels "
+                             f"that the ONNX export of the onnxruntime rows takes: choose a size in that range, or "
+                             f"leave out those rows (--no-onnxruntime)")
 
     @classmethod
     def preset(cls, device: str = "cpu", quick: bool = False, **overrides: Any) -> BenchConfig:

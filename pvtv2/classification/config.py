@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..engine.config import Config, ConfigError, RunSection, checked
+from ..models import min_input_size
 
 
 @dataclass
@@ -90,6 +91,10 @@ class ClassificationConfig(Config):
     run: RunSection
 
     def check(self) -> None:
+        smallest = min_input_size(self.model.name)  # the model sees img_size x img_size crops
+        if self.data.img_size < smallest:
+            raise ConfigError(f"data.img_size {self.data.img_size} is below the {smallest} pixels per side that "
+                              f"{self.model.name} needs")
         if self.data.dataset == "folder" and self.data.root is None:
             raise ConfigError("data.root is needed for dataset 'folder': an ImageFolder root with train/ and val/ "
                               "(--root DIR)")

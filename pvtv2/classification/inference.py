@@ -17,7 +17,7 @@ from ..engine.training_state import is_training_checkpoint, read_training_checkp
 from ..models import create_model
 from ..models.conversion import head_classes, identify_model
 from ..models.keys import detect_format
-from ..models.loading import CheckpointError, load_pretrained, open_checkpoint
+from ..models.loading import CheckpointError, check_weights, load_pretrained, open_checkpoint
 
 IMAGENET_CLASSES = 1000
 
@@ -53,7 +53,7 @@ def load_classifier(path: str | Path, model_name: str | None = None, use_ema: bo
         raise CheckpointError(f"checkpoint {path} has no classification head (a backbone only): it cannot classify")
     name = model_name or identify_model(tensors, fmt, source=f"checkpoint {path}")
     model = create_model(name, num_classes=num_classes)
-    load_pretrained(model, tensors, fmt)
+    load_pretrained(model, tensors, fmt, described_as=f"checkpoint {path}")
     return LoadedClassifier(model.eval(), name, _default_class_names(num_classes), 224, 0.875, "bicubic",
                             f"{name} ({fmt} weights from {path})")
 
@@ -68,6 +68,7 @@ def _from_training_checkpoint(path: Path, model_name: str | None, use_ema: bool)
     weights = state["model"] if not use_ema else {k.removeprefix("module."): v for k, v in state["ema"].items()}
     class_names = list(state["class_names"])
     model = create_model(name, num_classes=len(class_names))
+    check_weights(weights, model.state_dict(), f"checkpoint {path}")
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:

@@ -16,6 +16,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
 from ..data import DatasetError
+from ..data.images import ModelInput
 from ..engine.distributed import shard, wrap_model
 from ..engine.loop import progress_bar, train_steps
 from ..engine.metrics import CURVES, plot_curves
@@ -28,7 +29,7 @@ from .config import ClassificationConfig
 from .datasets import build_dataset
 from .evaluate import EvalResult, evaluate
 from .recipe import build_criterion, build_mixup, build_scheduler, build_train_sampler, scaled_lr
-from .transforms import eval_transform, train_transform
+from .transforms import eval_resize, eval_transform, train_transform
 
 TASK = "classification"
 CURVE_PANELS = [("loss", "loss", [("train_loss", "training", 1.0), ("val_loss", "held-out", 1.0)]),
@@ -54,6 +55,7 @@ def train(cfg: ClassificationConfig) -> EvalResult:
         val_set = build_dataset(
             cfg.data.dataset, "val", root=cfg.data.root, img_size=cfg.data.img_size, bad_images=cfg.data.bad_images,
             transform=eval_transform(cfg.data.img_size, a.eval_crop_pct, a.interpolation),
+            model_input=ModelInput(smallest=1, shorter=eval_resize(cfg.data.img_size, a.eval_crop_pct)),
         )
         if list(train_set.classes) != list(val_set.classes):
             raise DatasetError(f"the train and val splits of {cfg.data.root} have different class folders "

@@ -34,6 +34,7 @@ from ..bench.isolated import run_isolated
 from ..bench.peers import PEERS
 from ..bench.report import describe_mode
 from ..engine.allocator import ALLOCATORS
+from ..engine.files import check_writable
 from .common import CommandError, format_table, select_models
 
 PEER_TITLES = {"timm": "timm", "hf": "HF"}
@@ -126,6 +127,7 @@ def log(line: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    check_writable(args.out, f"--out {args.out}", "choose another --out")  # a folder; before minutes of timing
     started = time.perf_counter()
     if args.isolate:
         # A child that fails raises IsolatedRunError (a RunFailure: status 1, its message ends with the

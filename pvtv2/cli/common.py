@@ -9,7 +9,7 @@ from typing import Any
 
 from ..engine.allocator import keep_freed_memory
 from ..engine.config import Config
-from ..engine.run import check_writable
+from ..engine.files import check_writable
 from ..engine.text_table import format_table  # noqa: F401  (the subcommands take it from here)
 from ..engine.training_state import LAST
 from ..errors import InputError, Interrupted
@@ -87,6 +87,12 @@ def check_output_path(path: Path, option: str) -> None:
     """Fail before any work when the file or folder ``path`` (given with ``option``) cannot be written."""
     folder = path if path.is_dir() else path.parent
     check_writable(folder, f"{path}", f"choose another {option}")
+
+
+def check_score_threshold(value: float, option: str = "--score-threshold") -> None:
+    """A detection score threshold is a probability (NaN is refused too: no score compares with it)."""
+    if not 0 <= value <= 1:
+        raise CommandError(f"{option} must be in [0, 1], got {value}")
 
 
 def what_a_stopped_run_left(output_dir: Path) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..models.conversion import TARGETS, convert_checkpoint
+from ..models.conversion import TARGETS, check_destination, convert_checkpoint
 from .common import check_output_path
 
 MODEL_TARGETS = ("mmdet", "mmseg", "pvtv2")
@@ -40,6 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_destination(args.destination, args.to)
     check_output_path(args.destination, "OUT")
     if args.to in MODEL_TARGETS:
         from ..segmentation.release import holds_segmenter

@@ -26,9 +26,13 @@ import argparse
 import json
 from pathlib import Path
 
-from ..detection.config import DetectionConfig
+from ..data.images import check_image_output
+from ..detection.config import DetDataConfig, DetectionConfig, DetOptimConfig
+from ..engine.config import check_option
+from ..engine.files import check_output_file
+from ..files import written_atomically
 from ..detection.registry import DETECTORS
-from .common import CommandError, add_config_arguments, run_training
+from .common import CommandError, add_config_arguments, check_score_threshold, run_training
 
 
 _TITLES = ", ".join(spec.title for spec in DETECTORS.values())
@@ -91,16 +95,23 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from ..detection.evaluate import NO_FIGURE
     from ..detection.predict import evaluate_checkpoint
 
-    if args.batch_size < 1:
-        raise CommandError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_option(args.batch_size, DetOptimConfig, "batch_size", "--batch-size")
+    check_option(args.workers, DetDataConfig, "num_workers", "--workers")
+    if args.json is not None:
+        check_output_file(args.json, "--json", (".json",), "the figures", [args.checkpoint])
     metrics = evaluate_checkpoint(args.checkpoint, root=args.root, split=args.split, batch_size=args.batch_size,
                                   num_workers=args.workers, device=args.device, amp=args.amp, config=args.config)
+    # pycocotools' -1 marks a figure that has no ground truth (APs of a split without small objects): it is
+    # shown as such, never as a number.
     for name, value in metrics.items():
-        print(f"{name:12s} {value:.4f}")
-    if args.json:
-        args.json.write_text(json.dumps(metrics, indent=1) + "\n")
+        print(f"{name:12s} " + (f"{value:.4f}" if value != NO_FIGURE else "n/a (no ground truth of this kind)"))
+    if args.json is not None:
+        figures = {name: None if value == NO_FIGURE else value for name, value in metrics.items()}
+        with written_atomically(args.json) as temporary:
+            temporary.write_text(json.dumps(figures, indent=1) + "\n")
     return 0
 
 
@@ -109,8 +120,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if not args.image.is_file():
         raise CommandError(f"image {args.image} does not exist")
-    if not 0 <= args.score_threshold <= 1:
-        raise CommandError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    check_score_threshold(args.score_threshold)
+    check_image_output(args.out, "--out", [args.image, args.checkpoint])
     detector = load_detector(args.checkpoint, args.device, args.config)
     detections = predict_image(detector, args.image, args.out, args.score_threshold)
     if args.json:

@@ -1,7 +1,7 @@
 """How the ``pvt`` command reports what went wrong: one sentence and an exit status per kind of failure.
 
-:func:`pvtv2.cli.main.main` catches the exceptions in :data:`REPORTED` and prints :func:`describe_failure`
-of them; everything else is a bug and keeps its traceback (as do these with ``--debug``).
+:func:`pvtv2.cli.main.main` catches the exceptions :func:`is_reported` accepts and prints
+:func:`describe_failure` of them; everything else is a bug and keeps its traceback (as do these with ``--debug``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ DEBUG_FLAG = "--debug"
 DEBUG_ENV = "PVT_DEBUG"
 
 # What a user's input or machine causes: our own errors, the operating system's (a folder that cannot be
-# written, a full disk, a missing file), running out of memory, and Ctrl-C.
-REPORTED = (PvtError, OSError, torch.OutOfMemoryError, KeyboardInterrupt)
+# written, a full disk, a missing file), running out of memory (is_out_of_memory), and Ctrl-C.
+REPORTED = (PvtError, OSError, KeyboardInterrupt)
+# torch's CPU allocator reports a failed allocation as a plain RuntimeError with this text.
+_CPU_ALLOCATION_FAILED = "DefaultCPUAllocator: can't allocate memory"
 
 # torch re-raises an exception of a DataLoader worker process as the same type, its message replaced by
 # "Caught X in DataLoader worker process N.\nOriginal Traceback ...": the original message ends that text.
@@ -30,6 +32,17 @@ class Failure:
     exit_code: int
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """An allocation that could not succeed: on the GPU, in torch's CPU allocator, or in Python (PIL, numpy)."""
+    return (isinstance(error, (torch.OutOfMemoryError, MemoryError))
+            or (isinstance(error, RuntimeError) and _CPU_ALLOCATION_FAILED in str(error)))
+
+
+def is_reported(error: BaseException) -> bool:
+    """Whether ``error`` is the user's input or machine (one sentence), not a bug (a traceback)."""
+    return isinstance(error, REPORTED) or is_out_of_memory(error)
+
+
 def describe_failure(error: BaseException) -> Failure:
     """The line a user sees for ``error`` (one of :data:`REPORTED`) and the command's exit status."""
     if isinstance(error, KeyboardInterrupt):
@@ -38,9 +51,12 @@ def describe_failure(error: BaseException) -> Failure:
         return Failure(f"interrupted; {error}", error.exit_code)
     if isinstance(error, PvtError):
         return Failure(f"error: {original_message(error)}", error.exit_code)
-    if isinstance(error, torch.OutOfMemoryError):
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
-        return Failure(f"error: {first_line.rstrip('.')}; lower batch_size (or the image size), or train with "
+    if is_out_of_memory(error):
+        text = str(error).strip()
+        if _CPU_ALLOCATION_FAILED in text:  # "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPU...: ..."
+            text = text[text.index(_CPU_ALLOCATION_FAILED):]
+        first_line = text.splitlines()[0].rstrip(".") if text else "out of memory"
+        return Failure(f"error: out of memory ({first_line}); lower the batch size or the image size, or train with "
                        f"--amp bf16 or --grad_checkpointing true", 1)
     return Failure(f"error: {_os_error_text(error)}", 2)
 

@@ -49,25 +49,39 @@ def run(args: argparse.Namespace) -> int:
     # Imported here, so that the other subcommands do not load the training stack (timm).
     from torch.utils.data import DataLoader
 
+    from ..classification.config import AugmentConfig, DataConfig, OptimConfig
     from ..classification.datasets import ImageFolder, eval_folder
     from ..classification.digits import Digits
     from ..classification.evaluate import evaluate
     from ..classification.inference import load_classifier
     from ..classification.transforms import eval_resize, eval_transform
+    from ..data.images import ModelInput
     from ..engine import distributed
+    from ..engine.config import check_option
     from ..engine.distributed import shard
+    from ..models import min_input_size
 
+    # Options that stand in for config keys are held to the same limits (0 is a value, not "the default").
+    check_option(args.img_size, DataConfig, "img_size", "--img-size")
+    check_option(args.crop_pct, AugmentConfig, "eval_crop_pct", "--crop-pct")
+    check_option(args.batch_size, OptimConfig, "batch_size", "--batch-size")
+    check_option(args.workers, DataConfig, "num_workers", "--workers")
     env = distributed.setup(args.device)
     try:
         classifier = load_classifier(args.checkpoint, args.model, use_ema=args.ema)
-        img_size = args.img_size or classifier.img_size
-        crop_pct = args.crop_pct or classifier.crop_pct
+        img_size = classifier.img_size if args.img_size is None else args.img_size
+        crop_pct = classifier.crop_pct if args.crop_pct is None else args.crop_pct
+        smallest = min_input_size(classifier.model_name)
+        if img_size < smallest:
+            raise CommandError(f"--img-size {img_size} is too small for {classifier.model_name}: it needs at least "
+                               f"{smallest} pixels per side")
         transform = eval_transform(img_size, crop_pct, classifier.interpolation)
         if args.data == "digits":
             dataset, where = Digits("val", img_size, transform), "digits (held-out split)"
         else:
             folder = eval_folder(args.data)
-            dataset, where = ImageFolder(folder, transform, args.bad_images), str(folder)
+            resized = ModelInput(smallest=1, shorter=eval_resize(img_size, crop_pct))  # refuses a sliver by name
+            dataset, where = ImageFolder(folder, transform, args.bad_images, resized), str(folder)
         if len(dataset.classes) != len(classifier.class_names) or (
             classifier.from_training and list(dataset.classes) != classifier.class_names
         ):

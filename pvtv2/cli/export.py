@@ -4,13 +4,20 @@ batch, height and width, and check the result against PyTorch at sizes other tha
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
-from ..models import create_model
+from ..engine.files import check_output_file
+from ..errors import RunFailure
+from ..files import written_atomically
+from ..models import create_model, download
+from ..models.conversion import detect_checkpoint_format, head_classes
 from ..models.export import MAX_EXPORT_SIDE, MIN_EXPORT_SIDE, check_onnx, export_onnx, export_program
-from .common import CommandError, check_output_path
+from ..models.factory import OFFICIAL
+from ..models.loading import read_checkpoint
+from .common import CommandError
 
 CHECK_SIZES = [(1, 224, 224), (2, 250, 333), (1, 512, 384)]  # (batch, height, width)
 TOLERANCE = 1e-4
@@ -24,35 +31,67 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pretrained", metavar="CHECKPOINT",
                         help="weights to load: a checkpoint path, or 'official' for the release file")
     parser.add_argument("--features-only", action="store_true", help="export the 4-level pyramid instead of logits")
-    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--num-classes", type=int, metavar="N",
+                        help="classes of the head: by default the checkpoint's (with --pretrained), else 1000; "
+                             "0: no head (pooled features)")
     parser.add_argument("--no-check", action="store_true", help="skip comparing the exported model with PyTorch")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     suffix = ".onnx" if args.format == "onnx" else ".pt2"
-    out = args.out or Path(args.name + ("_features" if args.features_only else "") + suffix)
-    check_output_path(out, "--out")  # before the export's tens of seconds of work
-    model = create_model(args.name, pretrained=args.pretrained, features_only=args.features_only,
-                         num_classes=args.num_classes).eval()
+    out = args.out if args.out is not None else Path(args.name + ("_features" if args.features_only else "") + suffix)
+    # Before the export's tens of seconds of work.
+    check_output_file(out, "--out", (suffix,), "an ONNX model" if args.format == "onnx" else "a torch.export program")
+    source = download.fetch(args.name) if args.pretrained == OFFICIAL else args.pretrained
+    num_classes = head_size(args, None if source is None else read_checkpoint(source))
+    model = create_model(args.name, pretrained=source, features_only=args.features_only,
+                         num_classes=num_classes).eval()
     print(f"exporting {args.name} to {out} (dynamic batch; height and width {MIN_EXPORT_SIDE}..{MAX_EXPORT_SIDE})")
-    if args.format == "onnx":
-        export_onnx(model, out)
-        if not args.no_check:
-            errors = check_onnx(model, out, CHECK_SIZES)
-            for (batch, height, width), error in zip(CHECK_SIZES, errors):
-                print(f"  onnxruntime vs PyTorch at {batch}x{height}x{width}: relative error {error:.1e}")
-            if max(errors) > TOLERANCE:
-                raise CommandError(f"the exported model differs from PyTorch by {max(errors):.1e} (> {TOLERANCE})")
-    else:
-        program = export_program(model)
-        torch.export.save(program, out)
-        if not args.no_check:
-            x = torch.randn(*CHECK_SIZES[1][:1], getattr(model, "in_chans", 3), *CHECK_SIZES[1][1:])
-            with torch.no_grad():
-                expected, got = model(x), torch.export.load(out).module()(x)
-            expected, got = (expected, got) if isinstance(expected, list) else ([expected], [got])
-            error = max(float((g - e).abs().max() / e.abs().max()) for g, e in zip(got, expected))
-            print(f"  exported program vs eager at 2x250x333: relative error {error:.1e}")
-    print(f"wrote {out}")
+    # Written beside its place and renamed there once checked: an export that fails its check leaves nothing.
+    with written_atomically(out) as temporary:
+        if args.format == "onnx":
+            export_onnx(model, temporary)
+            if not args.no_check:
+                errors = check_onnx(model, temporary, CHECK_SIZES)
+                for (batch, height, width), error in zip(CHECK_SIZES, errors):
+                    print(f"  onnxruntime vs PyTorch at {batch}x{height}x{width}: relative error {error:.1e}")
+                if not max(errors) <= TOLERANCE:  # NaN fails too
+                    raise RunFailure(f"the exported model differs from PyTorch by {max(errors):.1e} (> {TOLERANCE}); "
+                                     f"nothing was written")
+        else:
+            torch.export.save(export_program(model), temporary)
+            if not args.no_check:
+                x = torch.randn(*CHECK_SIZES[1][:1], getattr(model, "in_chans", 3), *CHECK_SIZES[1][1:])
+                with torch.no_grad():
+                    expected, got = model(x), torch.export.load(temporary).module()(x)
+                expected, got = (expected, got) if isinstance(expected, list) else ([expected], [got])
+                error = max(float((g - e).abs().max() / e.abs().max()) for g, e in zip(got, expected))
+                print(f"  exported program vs eager at 2x250x333: relative error {error:.1e}")
+                if not error <= TOLERANCE:
+                    raise RunFailure(f"the exported program differs from PyTorch by {error:.1e} (> {TOLERANCE}); "
+                                     f"nothing was written")
+    print(f"wrote {out}" + ("" if source is not None else " (random weights: give --pretrained for trained ones)"))
     return 0
+
+
+def head_size(args: argparse.Namespace, weights: dict[str, torch.Tensor] | None) -> int:
+    """The classes of the exported head: the checkpoint's (0, pooled features, for a backbone), so that no
+    head is left random; an explicit --num-classes that the checkpoint's head does not have is refused."""
+    if args.num_classes is not None and args.num_classes < 0:
+        raise CommandError(f"--num-classes {args.num_classes}: num_classes must be an integer >= 0 (0: no "
+                           f"classification head)")
+    if weights is None or args.features_only:
+        return 1000 if args.num_classes is None else args.num_classes
+    trained = head_classes(weights, detect_checkpoint_format(weights, f"checkpoint {args.pretrained}"))
+    wanted = trained if args.num_classes is None else args.num_classes
+    if wanted not in (trained, 0):  # 0: the checkpoint's head left out on purpose
+        has = f"a {trained}-class head" if trained else "no classification head (a backbone)"
+        keep = (f"leave out --num-classes to export its {trained} classes" if trained else
+                "export the pyramid with --features-only, or the pooled features with --num-classes 0")
+        raise CommandError(f"checkpoint {args.pretrained} has {has}, so a {wanted}-class head would be exported with "
+                           f"random weights; {keep}")
+    if wanted == 0 and args.num_classes is None:
+        print(f"pvt export: note: {args.pretrained} has no classification head: exporting the pooled features",
+              file=sys.stderr)
+    return wanted

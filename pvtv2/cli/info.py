@@ -8,8 +8,9 @@ from typing import Any
 
 from torch import nn
 
+from ..models import min_input_size
 from ..models.complexity import count_params, create_for_counting, flop_breakdown
-from .common import format_table
+from .common import CommandError, format_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -57,6 +58,10 @@ def describe(name: str, size: tuple[int, int], features_only: bool = False) -> d
 
 
 def run(args: argparse.Namespace) -> int:
+    smallest = min_input_size(args.name)  # also names an unknown model
+    if min(args.size) < smallest:
+        raise CommandError(f"--size {args.size[0]} {args.size[1]}: a {args.size[0]}x{args.size[1]} input is too small "
+                           f"for {args.name}, which needs at least {smallest} pixels per side")
     info = describe(args.name, tuple(args.size), args.features_only)
     if args.json:
         print(json.dumps(info, indent=1))

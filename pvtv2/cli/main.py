@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from . import (bench, convert, data, demo, detection, eval, export, info, models, predict, segmentation, show, table,
                train, weights)
-from .errors import DEBUG_ENV, DEBUG_FLAG, REPORTED, describe_failure
+from .errors import DEBUG_ENV, DEBUG_FLAG, describe_failure, is_reported
 
 # Each module adds its own subcommand; a new one (train, bench, export...) is one more entry here.
 SUBCOMMANDS = (
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except BaseException as error:
-        if debug or not isinstance(error, REPORTED):
+        if debug or not is_reported(error):
             raise
         failure = describe_failure(error)
         print(f"pvt {args.command}: {failure.text}", file=sys.stderr)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..data import open_rgb
+from ..data import read_image
+from ..data.images import ModelInput
 from .common import CommandError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -49,14 +50,19 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--topk must be at least 1, got {args.topk}")
     # Imported here, so that the other subcommands do not load the training stack (timm).
     from ..classification.inference import load_classifier
-    from ..classification.transforms import eval_transform
+    from ..classification.transforms import eval_resize, eval_transform
     from ..engine.distributed import resolve_device
 
     device = resolve_device(args.device)
     classifier = load_classifier(args.checkpoint, args.model, use_ema=args.ema)
     transform = eval_transform(classifier.img_size, classifier.crop_pct, classifier.interpolation)
     dtype = DTYPES[args.dtype]
-    batch = torch.stack([transform(open_rgb(path)) for path in args.images]).to(device, dtype)  # (N, 3, S, S)
+    pictures = [read_image(path) for path in args.images]  # every file checked before the model runs
+    # The picture is resized to a shorter side of S / crop_pct, then center-cropped to S.
+    model_input = ModelInput(smallest=1, shorter=eval_resize(classifier.img_size, classifier.crop_pct))
+    for path, picture in zip(args.images, pictures):
+        model_input.check(path, picture.size)
+    batch = torch.stack([transform(picture) for picture in pictures]).to(device, dtype)  # (N, 3, S, S)
     with torch.inference_mode():
         probabilities = classifier.model.to(device, dtype)(batch).float().softmax(dim=1)
     top = probabilities.topk(min(args.topk, probabilities.shape[1]), dim=1)

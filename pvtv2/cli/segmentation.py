@@ -14,9 +14,13 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import TypeVar
 
-from ..segmentation.config import SegmentationConfig
+from ..engine.config import check_option
+from ..segmentation.config import SegDataConfig, SegmentationConfig, SegTestConfig
 from .common import CommandError, add_config_arguments, run_training
+
+T = TypeVar("T")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -72,7 +76,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("image", type=Path, metavar="IMAGE")
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--out", type=Path, default=Path("overlay.png"), help="overlay file (default: overlay.png)")
-    parser.add_argument("--labels", type=Path, help="also write the class index per pixel to this PNG")
+    parser.add_argument("--labels", type=Path,
+                        help="also write the class index per pixel to this file (.png or .tif: lossless)")
     parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the colours (default: 0.5)")
     parser.add_argument("--mode", choices=("whole", "slide"), help="test mode (default: the checkpoint's)")
     parser.add_argument("--flip", action="store_true", help="also predict the mirrored image and average")
@@ -95,13 +100,18 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..segmentation.data import SegmentationDataset, dataset_root, read_class_names
     from ..segmentation.evaluate import evaluate
     from ..segmentation.predict import load_segmenter
-    from ..segmentation.transforms import EvalTransform
+    from ..segmentation.transforms import EvalTransform, model_input
 
+    # Options that stand in for config keys are held to the same limits, before anything is loaded.
+    check_option(args.stride, SegTestConfig, "slide_stride", "--stride")
+    check_option(args.workers, SegDataConfig, "num_workers", "--workers")
+    scales = None if args.scales is None else parse_scales(args.scales, "--scales")
     env = distributed.setup(args.device)
     try:
         segmenter = load_segmenter(args.checkpoint)
         cfg = segmenter.config
-        data = dataclasses.replace(cfg.data, dataset=args.dataset or cfg.data.dataset, root=args.data or cfg.data.root)
+        data = dataclasses.replace(cfg.data, dataset=_given(args.dataset, cfg.data.dataset),
+                                   root=_given(args.data, cfg.data.root))
         if data.root is None and data.dataset != "shapes":
             raise CommandError(f"{args.checkpoint} does not name its dataset: give --data DIR")
         root = dataset_root(dataclasses.replace(cfg, data=data))
@@ -110,15 +120,20 @@ def run_eval(args: argparse.Namespace) -> int:
         if names != segmenter.class_names:
             raise CommandError(f"{root} has classes {names[:5]}..., but the checkpoint was trained on "
                                f"{segmenter.class_names[:5]}...")
-        dataset = SegmentationDataset(root, args.split, layout, class_names=names,
-                                      transform=EvalTransform(cfg.augment.scale))
-        loader = DataLoader(shard(dataset, env.rank, env.world_size), 1, num_workers=args.workers)
         test = cfg.test
+        if scales is None:
+            scales, scales_key = parse_scales(test.test_scales), "the checkpoint's test.test_scales"
+        else:
+            scales_key = "--scales"
+        test_input = model_input(cfg, segmenter.backbone, scales, scales_key)
+        test_input.check_scale()
+        dataset = SegmentationDataset(root, args.split, layout, class_names=names,
+                                      transform=EvalTransform(cfg.augment.scale), model_input=test_input)
+        loader = DataLoader(shard(dataset, env.rank, env.world_size), 1, num_workers=args.workers)
         metrics = evaluate(segmenter.model.to(env.device), loader, env.device, names,
-                           mode=args.mode or test.test_mode, crop_size=cfg.augment.crop_size,
-                           stride=args.stride or test.slide_stride, flip=args.flip or test.flip_test,
-                           scales=parse_scales(args.scales or test.test_scales), amp=args.amp,
-                           progress=env.is_main and not args.json)
+                           mode=_given(args.mode, test.test_mode), crop_size=cfg.augment.crop_size,
+                           stride=_given(args.stride, test.slide_stride), flip=args.flip or test.flip_test,
+                           scales=scales, amp=args.amp, progress=env.is_main and not args.json)
     finally:
         distributed.cleanup()
     if not env.is_main:
@@ -133,24 +148,35 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    from PIL import Image
+def _given(option: T | None, default: T) -> T:
+    """An option's value, or the checkpoint's when the option is not given (0 and "" are values, not gaps)."""
+    return default if option is None else option
 
+
+def run_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..data import read_image
+    from ..data.images import check_class_map_output, check_image_output, save_class_map, save_image
     from ..engine.distributed import resolve_device
-    from ..segmentation.predict import load_segmenter, overlay, read_image, segment
+    from ..segmentation.predict import load_segmenter, overlay, segment
+    from ..segmentation.transforms import model_input
 
     if not 0 <= args.alpha <= 1:
         raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}")
-    try:
-        pixels = read_image(args.image)
-    except ValueError as error:
-        raise CommandError(str(error)) from error
-    segmenter = load_segmenter(args.checkpoint)
-    labels = segment(segmenter, pixels, resolve_device(args.device), mode=args.mode, flip=args.flip or None)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    overlay(pixels, labels, segmenter.class_names, args.alpha, segmenter.colours).save(args.out)
+    check_image_output(args.out, "--out", [args.image, args.checkpoint])
     if args.labels is not None:
-        Image.fromarray(labels.astype("uint8" if len(segmenter.class_names) <= 256 else "int32")).save(args.labels)
+        check_class_map_output(args.labels, "--labels", inputs=[args.image, args.checkpoint, args.out])
+    picture = read_image(args.image)
+    segmenter = load_segmenter(args.checkpoint)
+    if args.labels is not None:  # now that the number of classes is known
+        check_class_map_output(args.labels, "--labels", len(segmenter.class_names), [args.image, args.out])
+    model_input(segmenter.config, segmenter.backbone).check(args.image, picture.size)
+    pixels = np.asarray(picture).copy()
+    labels = segment(segmenter, pixels, resolve_device(args.device), mode=args.mode, flip=args.flip or None)
+    save_image(overlay(pixels, labels, segmenter.class_names, args.alpha, segmenter.colours), args.out)
+    if args.labels is not None:
+        save_class_map(labels, args.labels, len(segmenter.class_names))
     found = ", ".join(segmenter.class_names[c] for c in sorted(set(labels.ravel().tolist())))
     print(f"{args.image}: {found}\noverlay written to {args.out}")
     return 0

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from ..data import open_rgb
+from ..data import read_image
+from ..data.images import ModelInput
 from ..detection.registry import DETECTORS
-from .common import CommandError, check_output_path
+from .common import CommandError, check_score_threshold
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation every model of the package is trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -128,7 +129,10 @@ def _picture(args: argparse.Namespace) -> tuple[torch.Tensor, tuple[int, int]]:
     """The image as float RGB (3, H, W) in [0, 1], resized by --size, and its size in the file (H, W)."""
     if args.size is not None and args.size < 1:
         raise CommandError(f"--size must be a positive number of pixels, got {args.size}")
-    image = open_rgb(args.image)  # names the file when it cannot be read
+    image = read_image(args.image)  # names the file when it cannot be read
+    # Refused before the model is loaded: any PVT needs at least this many pixels per side, and no picture
+    # may become larger than PIL opens.
+    ModelInput(smallest=1, shorter=args.size).check(args.image, image.size)
     pixels = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
     original = (pixels.shape[1], pixels.shape[2])
     if args.size is not None:
@@ -140,11 +144,9 @@ def _normalise(pixels: torch.Tensor) -> torch.Tensor:
     return TF.normalize(pixels, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def _check_model_input(model: nn.Module, pixels: torch.Tensor, image: Path) -> None:
+def _check_model_input(model: nn.Module, args: argparse.Namespace, original: tuple[int, int]) -> None:
     smallest = getattr(model, "min_input_size", 1)
-    if min(pixels.shape[1:]) < smallest:
-        raise CommandError(f"image {image} is {pixels.shape[2]}x{pixels.shape[1]} after resizing; this model needs "
-                           f"at least {smallest} pixels per side: give a larger --size")
+    ModelInput(smallest=smallest, shorter=args.size).check(args.image, (original[1], original[0]))
 
 
 def _points(args: argparse.Namespace, original: tuple[int, int], pixels: torch.Tensor) -> list[tuple[int, int]] | None:
@@ -163,14 +165,14 @@ def _points(args: argparse.Namespace, original: tuple[int, int], pixels: torch.T
 
 def run_attention(args: argparse.Namespace) -> int:
     from ..visualize import attention_maps
-    from ..visualize.figures import attention_figure, save
+    from ..visualize.figures import attention_figure, check_figure_output, save
 
     if args.stage not in STAGES:
         raise CommandError(f"--stage {args.stage} does not exist: PVT models have stages 1 to 4")
-    check_output_path(args.out, "--out")
+    check_figure_output(args.out, "--out", [args.image])
     pixels, original = _picture(args)
     model, description = _model(args)
-    _check_model_input(model, pixels, args.image)
+    _check_model_input(model, args, original)
     points = _points(args, original, pixels)
     result = attention_maps(model, _normalise(pixels), stage=args.stage, points=points, rollout=args.rollout)
     block = "rollout over its" if args.rollout else f"block {result.block + 1} of"
@@ -187,12 +189,12 @@ def run_attention(args: argparse.Namespace) -> int:
 
 def run_features(args: argparse.Namespace) -> int:
     from ..visualize import feature_maps
-    from ..visualize.figures import features_figure, save
+    from ..visualize.figures import check_figure_output, features_figure, save
 
-    check_output_path(args.out, "--out")
-    pixels, _ = _picture(args)
+    check_figure_output(args.out, "--out", [args.image])
+    pixels, original = _picture(args)
     model, description = _model(args)
-    _check_model_input(model, pixels, args.image)
+    _check_model_input(model, args, original)
     levels = feature_maps(model, _normalise(pixels), args.mode)
     what = "first 3 principal components as RGB" if args.mode == "pca" else "channel mean of |activation|"
     save(features_figure(pixels.permute(1, 2, 0).numpy(), levels, model.embed_dims, f"{description}: {what}"),
@@ -214,14 +216,14 @@ def run_predictions(args: argparse.Namespace) -> int:
     from ..detection.predict import LoadedDetector, detect, draw, load_detector
     from ..engine.distributed import resolve_device
     from ..segmentation.predict import load_segmenter, overlay, segment
-    from ..visualize.figures import predictions_figure, save
+    from ..segmentation.transforms import model_input as segmenter_input
+    from ..visualize.figures import check_figure_output, predictions_figure, save
 
     if not args.detection and not args.segmentation:
         raise CommandError("give at least one checkpoint: --detection CKPT... and/or --segmentation CKPT...")
-    if not 0 <= args.score_threshold <= 1:
-        raise CommandError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    check_output_path(args.out, "--out")
-    pictures = {path: np.asarray(open_rgb(path)).copy() for path in args.images}  # each file read once, named if bad
+    check_score_threshold(args.score_threshold)
+    check_figure_output(args.out, "--out", [*args.images, *args.detection, *args.segmentation])
+    pictures = {path: np.asarray(read_image(path)).copy() for path in args.images}  # each file read once, named if bad
     columns: list[tuple[str, object]] = []
     for path in args.detection:
         detector = load_detector(path, args.device)
@@ -229,6 +231,12 @@ def run_predictions(args: argparse.Namespace) -> int:
     for path in args.segmentation:
         segmenter = load_segmenter(path)
         columns.append((_unique(columns, f"Semantic FPN {segmenter.backbone}"), segmenter))
+    # Every picture against every model's resize, before any model runs.
+    inputs = [loaded.model_input() if isinstance(loaded, LoadedDetector)
+              else segmenter_input(loaded.config, loaded.backbone) for _, loaded in columns]
+    for path, pixels in pictures.items():
+        for model_input in inputs:
+            model_input.check(path, (pixels.shape[1], pixels.shape[0]))
     device = resolve_device(args.device)
     rows = []
     for path, pixels in pictures.items():

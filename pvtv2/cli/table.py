@@ -14,8 +14,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..models import reference
 from ..detection.registry import DETECTORS
+from ..models import min_input_size, reference
 from ..models.complexity import count_flops, count_params, create_for_counting
 from .common import CommandError, format_table, select_models
 
@@ -93,7 +93,12 @@ def run(args: argparse.Namespace) -> int:
         return task_table.print_table(select_models(args.models), args.json)
     if any(px < 1 for px in sizes):
         raise CommandError(f"--size takes image sides in pixels (>= 1), got {' '.join(map(str, sizes))}")
-    rows = complexity_rows(select_models(args.models), sizes)
+    names = select_models(args.models)
+    for name in names:
+        if sizes and min(sizes) < min_input_size(name):
+            raise CommandError(f"--size {min(sizes)} is too small for {name}: it needs at least {min_input_size(name)} "
+                               f"pixels per side (choose the models with --models)")
+    rows = complexity_rows(names, sizes)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:

@@ -1,6 +1,7 @@
-"""Data pieces every task shares: reading images with clear errors, and the generated shapes scenes that
-detection and segmentation use as their offline default. (Each task's datasets live in its own folder.)"""
+"""Data pieces every task shares: reading (and writing) images with clear errors, and the generated shapes
+scenes that detection and segmentation use as their offline default. (Each task's datasets live in its own
+folder.)"""
 
-from .images import DatasetError, open_rgb
+from .images import DatasetError, read_image, read_image_tensor
 
-__all__ = ["DatasetError", "open_rgb"]
+__all__ = ["DatasetError", "read_image", "read_image_tensor"]

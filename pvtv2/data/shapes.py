@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..files import written_atomically
 from PIL import Image
 
 CATEGORIES = ("circle", "square", "triangle")  # COCO ids 1..3; semantic labels 1..3 (0 = background)
@@ -170,7 +171,10 @@ def write_coco_shapes(
                 })
         document = {"images": images, "annotations": annotations, "categories": categories,
                     "info": {"description": f"generated shapes, seed {seed}"}}
-        (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
+        # Written whole, after the split's images: a run killed while writing leaves no file that says the
+        # data set is there (ensure_shapes then writes it again).
+        with written_atomically(out / "annotations" / f"instances_{split}.json") as temporary:
+            temporary.write_text(json.dumps(document))
     return out
 
 
@@ -196,5 +200,6 @@ def write_segmentation_shapes(
             pixels, instances = scene(seed, index, size, size, max_objects, size_range)
             Image.fromarray(pixels).save(image_dir / f"{index:06d}.jpg", quality=95)
             Image.fromarray(semantic_map(instances, size, size) + 1).save(mask_dir / f"{index:06d}.png")
-    (out / "classes.json").write_text(json.dumps(list(SEMANTIC_CLASSES)))
+    with written_atomically(out / "classes.json") as temporary:  # last and whole: it marks the data set complete
+        temporary.write_text(json.dumps(list(SEMANTIC_CLASSES)))
     return out

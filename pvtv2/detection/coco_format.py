@@ -20,19 +20,21 @@ from typing import Any
 from pycocotools.coco import COCO
 
 from ..data import DatasetError
+from ..data.images import picture_size
 
 _LAYOUT = 'a COCO instances file: {"images": [...], "annotations": [...], "categories": [...]}'
 
 
-def load_coco(path: Path, *, with_masks: bool) -> COCO:
-    """The pycocotools index of the instances file ``path``, after :func:`check_instances`."""
+def load_coco(path: Path, *, with_masks: bool, images_dir: Path | None = None) -> COCO:
+    """The pycocotools index of the instances file ``path``, after :func:`check_instances` (``images_dir``:
+    where its images are, to tell which of two disagreeing sizes is the file's)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as error:
         raise DatasetError(f"cannot read annotation file {path}: {error}") from error
     except json.JSONDecodeError as error:
         raise DatasetError(f"annotation file {path} is not valid JSON: {error}") from error
-    check_instances(data, path, with_masks=with_masks)
+    check_instances(data, path, with_masks=with_masks, images_dir=images_dir)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
@@ -40,9 +42,10 @@ def load_coco(path: Path, *, with_masks: bool) -> COCO:
     return coco
 
 
-def check_instances(data: Any, path: Path, *, with_masks: bool) -> None:
+def check_instances(data: Any, path: Path, *, with_masks: bool, images_dir: Path | None = None) -> None:
     """Raise :class:`DatasetError` for the first entry of ``data`` (the parsed file ``path``) that training
-    or COCO evaluation could not use."""
+    or COCO evaluation could not use. ``images_dir``, where the images are, is read only to say which of two
+    disagreeing sizes (an image entry's and its RLE masks') is wrong."""
     if not isinstance(data, Mapping):
         raise DatasetError(f"{path} holds a JSON {type(data).__name__}; expected {_LAYOUT}")
     for key in ("images", "annotations", "categories"):
@@ -74,7 +77,7 @@ def check_instances(data: Any, path: Path, *, with_masks: bool) -> None:
             raise DatasetError(f"{where} has iscrowd {ann['iscrowd']!r}; expected 0 or 1")
         segmentation = ann.get("segmentation")
         if segmentation:
-            _check_segmentation(segmentation, where, image)
+            _check_segmentation(segmentation, where, image, path, images_dir)
         elif with_masks and not ann.get("iscrowd", 0):
             raise DatasetError(f"{where} has no segmentation; a mask detector needs one per object")
 
@@ -100,7 +103,7 @@ def _check_entries(entries: list[Any], path: Path, kind: str, fields: Mapping[st
 _TYPE_WORDS = {int: "an integer", str: "text"}
 
 
-def _check_segmentation(segmentation: Any, where: str, image: Mapping) -> None:
+def _check_segmentation(segmentation: Any, where: str, image: Mapping, path: Path, images_dir: Path | None) -> None:
     """Polygons ``[[x1, y1, x2, y2, ...], ...]`` of at least 3 points, or an RLE ``{"size": [h, w], "counts": ...}``
     of the image's size: the two forms pycocotools reads."""
     if isinstance(segmentation, list):
@@ -113,6 +116,8 @@ def _check_segmentation(segmentation: Any, where: str, image: Mapping) -> None:
         return
     if isinstance(segmentation, Mapping):
         size, counts = segmentation.get("size"), segmentation.get("counts")
+        if size != [image["height"], image["width"]] and isinstance(counts, (list, str)) and images_dir is not None:
+            _check_image_entry_size(image, size, path, images_dir)
         if size != [image["height"], image["width"]] or not isinstance(counts, (list, str)):
             raise DatasetError(f"{where} has an RLE segmentation with size {size!r} and counts of type "
                                f"{type(counts).__name__}; expected size [height, width] = "
@@ -120,6 +125,19 @@ def _check_segmentation(segmentation: Any, where: str, image: Mapping) -> None:
         return
     raise DatasetError(f"{where} has a segmentation of type {type(segmentation).__name__}; expected a list of "
                        f"polygons or an RLE object")
+
+
+def _check_image_entry_size(image: Mapping, rle_size: Any, path: Path, images_dir: Path) -> None:
+    """An RLE mask whose size differs from its image entry's: when the image file has the RLE's size, the
+    entry is what is wrong, and the message says so rather than blaming the (right) mask."""
+    file = images_dir / image["file_name"]
+    if not file.is_file():
+        return
+    width, height = picture_size(file)
+    if [height, width] == rle_size:
+        raise DatasetError(f"{path}: image {image['id']} ({image['file_name']}) has width {image['width']} and "
+                           f"height {image['height']}, but the file is {width}x{height}, as its RLE masks say: "
+                           f"correct the image entry's width and height")
 
 
 def _is_int(value: Any) -> bool:

@@ -19,14 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..data import DatasetError, open_rgb
+from ..data import DatasetError, read_image_tensor
+from ..data.images import ModelInput
 from ..data.shapes import write_coco_shapes
 from ..errors import InputError
-from .augment import official_multiscale
+from ..models import min_input_size
+from .augment import OFFICIAL_SCALE, OFFICIAL_SIZES, official_multiscale
 from .coco_format import load_coco
 from .config import DetectionConfig
 
@@ -77,7 +80,7 @@ class CocoDetection(Dataset):
             raise DatasetError(f"annotation file {self.annotation_file} does not exist")
         if not self.images_dir.is_dir():
             raise DatasetError(f"image folder {self.images_dir} does not exist")
-        self.coco = load_coco(self.annotation_file, with_masks=with_masks)  # its structure checked
+        self.coco = load_coco(self.annotation_file, with_masks=with_masks, images_dir=self.images_dir)  # checked
         self.transform = transform
         self.with_masks = with_masks
         self.category_ids = sorted(self.coco.getCatIds())
@@ -97,6 +100,13 @@ class CocoDetection(Dataset):
 
     def _path(self, image_id: int) -> Path:
         return self.images_dir / self.coco.imgs[image_id]["file_name"]
+
+    def check_model_input(self, model_input: ModelInput) -> None:
+        """Refuse, before any work, an image (by its size in the annotation file) that the detector cannot
+        take at ``model_input``'s resize: too small, or of an aspect ratio that resizes to a sliver."""
+        for image_id in self.image_ids:
+            info = self.coco.imgs[image_id]
+            model_input.check(self._path(image_id), (info["width"], info["height"]))
 
     def _check_annotations(self) -> tuple[dict[int, list[dict[str, Any]]], list[int]]:
         """Per image, its valid non-crowd annotations; and the ids of the degenerate boxes dropped. (The
@@ -125,10 +135,14 @@ class CocoDetection(Dataset):
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
         path = self._path(image_id)
-        pixels = read_image(path)
+        pixels = read_image_tensor(path)
         height, width = pixels.shape[-2:]
         if (height, width) != (info["height"], info["width"]):
-            raise DatasetError(f"image {path} is {width}x{height}, but {self.annotation_file} says "
+            with Image.open(path) as file:  # its stored size: the EXIF orientation may turn it
+                stored = file.size
+            why = (f" (stored as {stored[0]}x{stored[1]} and turned by its EXIF orientation, as a viewer shows it; "
+                   f"annotations are read in the picture as shown)" if stored != (width, height) else "")
+            raise DatasetError(f"image {path} is {width}x{height}{why}, but {self.annotation_file} says "
                                f"{info['width']}x{info['height']}")
         anns = self.objects[image_id]
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -148,11 +162,6 @@ class CocoDetection(Dataset):
         if self.transform is not None:
             image, target = self.transform(image, target)
         return image, target
-
-
-def read_image(path: str | Path) -> torch.Tensor:
-    """The RGB pixels of an image file as uint8 (3, H, W); a clear error naming it if it cannot be read."""
-    return v2.functional.pil_to_tensor(open_rgb(path))
 
 
 def train_transform(min_size: tuple[int, int] = (800, 800), max_size: int = 1333, hflip: float = 0.5,
@@ -186,6 +195,21 @@ def eval_transform() -> v2.Transform:
     """Nothing: evaluation images stay uint8, which the detector resizes with OpenCV as MMDetection does
     (:mod:`pvtv2.detection.transform`) and maps its output back from."""
     return v2.Identity()
+
+
+def model_input(cfg: DetectionConfig, training: bool = False) -> ModelInput:
+    """How the detector of ``cfg`` resizes an image (evaluation, or the smallest of training's random
+    sizes) and the smallest side its backbone takes."""
+    data = cfg.data
+    low, high = data.train_min_size
+    if not training:
+        shorter = data.min_size
+    elif data.train_augment == "official" and low < high:  # its smallest size, scaled as official_multiscale does
+        shorter = max(1, round(OFFICIAL_SIZES[0] * high / OFFICIAL_SCALE))
+    else:
+        shorter = low
+    return ModelInput(smallest=min_input_size(cfg.model.backbone), shorter=shorter, longest=data.max_size,
+                      option="data.train_min_size" if training else "data.min_size")
 
 
 def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
@@ -223,6 +247,10 @@ def build_datasets(cfg: DetectionConfig) -> tuple[CocoDetection, CocoDetection]:
                               train_transform(data.train_min_size, data.max_size, data.hflip, data.train_augment),
                               with_masks=with_masks, skip_empty=True)
     val_set = CocoDetection(val_paths.images, val_paths.annotations, eval_transform(), with_masks=with_masks)
+    if not val_set.coco.anns:  # found now rather than at the first evaluation, after an epoch of training
+        raise DatasetError(f"{val_paths.annotations} has no annotated object: there is nothing to evaluate against")
+    train_set.check_model_input(model_input(cfg, training=True))
+    val_set.check_model_input(model_input(cfg))
     if train_set.category_ids != val_set.category_ids:
         raise DatasetError(f"{train_paths.annotations} and {val_paths.annotations} have different categories "
                            f"({train_set.category_ids} vs {val_set.category_ids}); they must be the same")

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..data import DatasetError
 from ..engine import distributed
 from ..engine.optim import autocast
 from .data import CocoDetection
@@ -29,6 +30,7 @@ from .transform import MASK_THRESHOLD
 # pycocotools' summary order: COCOeval.stats[i] for the first six figures.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 MAX_DETECTIONS = [100, 300, 1000]  # CocoMetric's proposal_nums, its maxDets
+NO_FIGURE = -1.0  # pycocotools' mark for a figure without ground truth (no small objects for APs, say)
 
 
 def to_coco_results(output: dict[str, torch.Tensor], image_id: int, category_ids: list[int]) -> list[dict[str, Any]]:
@@ -83,6 +85,9 @@ def coco_metrics(dataset: CocoDetection, results: list[dict[str, Any]], iou_type
     all (pycocotools refuses an empty result list)."""
     from pycocotools.cocoeval import COCOeval
 
+    if not dataset.coco.anns:  # every figure would be pycocotools' -1 (or 0 with no detection): nothing scored
+        raise DatasetError(f"{dataset.annotation_file} has no annotated object, so there is nothing to score "
+                           f"detections against; evaluate on a split with annotations")
     metrics: dict[str, float] = {}
     for iou_type in iou_types:
         if not results:
@@ -99,7 +104,7 @@ def coco_metrics(dataset: CocoDetection, results: list[dict[str, Any]], iou_type
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        # pycocotools gives -1 where a size range has no ground truth; keep it as the "no figure" mark.
+        # pycocotools gives -1 where a size range has no ground truth; keep it as the "no figure" mark (NO_FIGURE).
         metrics.update({f"{iou_type}_{name}": float(v) for name, v in zip(STAT_NAMES, evaluator.stats[:6])})
     return metrics
 

@@ -15,14 +15,16 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2.functional import to_pil_image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from ..data import DatasetError
-from ..errors import InputError
+from ..data import DatasetError, read_image_tensor
+from ..data.images import ModelInput, save_image
 from ..engine.distributed import resolve_device
 from ..engine.release import is_release_layout, read_config_file, read_release, resolve_checkpoint
 from ..engine.training_state import FORMAT_KEY, training_checkpoint
-from ..models.loading import CheckpointError, read_file
+from ..errors import InputError
+from ..models import min_input_size
+from ..models.loading import CheckpointError, check_weights, read_file
 from .config import DetectionConfig
-from .data import CocoDetection, collate, ensure_shapes, eval_transform, read_image, split_paths
+from .data import CocoDetection, collate, ensure_shapes, eval_transform, split_paths
 from .evaluate import evaluate, mask_rles
 from .model import build_detector, build_from_config
 from .registry import detector_spec
@@ -53,6 +55,13 @@ class LoadedDetector:
     @property
     def title(self) -> str:
         return f"{self.spec.title} {self.backbone}"
+
+    def model_input(self) -> ModelInput:
+        """How the detector resizes a picture at test (mmcv's keep-ratio rescale, rounded to the nearest pixel)
+        and the smallest side its backbone takes: to refuse, naming the file, a picture it cannot take."""
+        transform = self.model.transform
+        return ModelInput(smallest=min_input_size(self.backbone), shorter=transform.min_size[-1],
+                          longest=transform.max_size, rounding="nearest", option="the detector's test scale")
 
 
 def load_detector(path: str | Path, device: str = "auto", config: str | Path | None = None) -> LoadedDetector:
@@ -96,6 +105,7 @@ def _load_release(path: Path, loaded: dict[str, Any], config: str | Path | None,
 
 
 def _load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    check_weights(state_dict, model.state_dict(), f"checkpoint {path}")
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:
@@ -126,11 +136,12 @@ def predict_image(detector: LoadedDetector, image_path: str | Path, out: str | P
     return the detections as ``{label, score, box}`` dicts (box as x0, y0, x1, y1 pixels; ``mask`` as COCO
     RLE for the mask detectors)."""
     image_path, out = Path(image_path), Path(out)
-    image = read_image(image_path)
+    image = read_image_tensor(image_path)
+    detector.model_input().check(image_path, (image.shape[-1], image.shape[-2]))  # before the model fails on it
     output = detect(detector, image, score_threshold)
     drawing = draw(image, output, detector.class_names)
     out.parent.mkdir(parents=True, exist_ok=True)
-    to_pil_image(drawing).save(out)  # the format follows the extension (PNG, JPEG...)
+    save_image(to_pil_image(drawing), out)  # the format follows the extension (PNG, JPEG...)
     detections = [dict(label=detector.class_names[int(label) - 1], score=float(score), box=[float(v) for v in box])
                   for label, score, box in zip(output["labels"], output["scores"], output["boxes"])]
     if "masks" in output:
@@ -156,6 +167,7 @@ def evaluate_checkpoint(path: str | Path, *, root: str | None = None, split: str
     paths = split_paths(root, split)
     with_masks = detector.spec.with_masks
     dataset = CocoDetection(paths.images, paths.annotations, eval_transform(), with_masks=with_masks)
+    dataset.check_model_input(detector.model_input())
     category_ids = detector.category_ids
     if category_ids is None:  # a release file: its classes by name, as MMDetection's CocoMetric
         by_name = dict(zip(dataset.classes, dataset.category_ids))

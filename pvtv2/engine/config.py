@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from ..errors import InputError
+from ..files import written_atomically
 
 C = TypeVar("C", bound="Config")
 
@@ -177,9 +179,23 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
-        """Write the resolved config (every key, overrides applied) as YAML."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(self.to_yaml())
+        """Write the resolved config (every key, overrides applied) as YAML, whole or not at all."""
+        with written_atomically(path) as temporary:
+            temporary.write_text(self.to_yaml())
+
+
+def check_option(value: Any, section: type, key: str, option: str) -> Any:
+    """``value``, given on the command line as ``option``, held to the type and limits of the config field
+    ``section.key`` it stands in for (so ``--stride 0`` is refused as ``test.slide_stride: 0`` would be);
+    returns it. ``None`` (the option not given) passes."""
+    if value is None:
+        return None
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    value = coerce(value, typing.get_type_hints(section)[key], option)
+    problem = _limit_problem(value, fields[key], option)
+    if problem:
+        raise ConfigError(f"{problem} (as the config's {key})")
+    return value
 
 
 _LIMIT_TESTS = {
@@ -191,16 +207,24 @@ _LIMIT_TESTS = {
 
 
 def _check_limits(value: Any, f: dataclasses.Field, key: str, source: str) -> None:
+    problem = _limit_problem(value, f, key)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
+
+
+def _limit_problem(value: Any, f: dataclasses.Field, key: str) -> str | None:
+    """What is wrong with ``value`` for field ``f`` (shown as ``key``) by its declared limits, or None."""
     if value is None:
-        return
+        return None
     values = value if isinstance(value, tuple) else (value,)
     for limit, bound in f.metadata.get("limits", {}).items():
         test, words = _LIMIT_TESTS[limit]
         if not all(test(v, bound) for v in values):
             each = "each value of " if isinstance(value, tuple) else ""
-            raise ConfigError(f"{source}: {each}{key} must be {words} {bound:g}, got {_shown(value)}")
+            return f"{each}{key} must be {words} {bound:g}, got {_shown(value)}"
     if f.metadata.get("ordered") and list(values) != sorted(values):
-        raise ConfigError(f"{source}: {key} must be (low, high) with low <= high, got {_shown(value)}")
+        return f"{key} must be (low, high) with low <= high, got {_shown(value)}"
+    return None
 
 
 def _shown(value: Any) -> str:
@@ -252,8 +276,9 @@ def _number(value: Any, annotation: type, key: str) -> int | float:
         number = None
     if annotation is int and isinstance(number, float) and number.is_integer() and isinstance(value, str):
         number = int(number)
-    if isinstance(number, float) and number != number:  # NaN: no limit can be checked against it
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+    # NaN passes no limit test and fails none; infinity passes "at least": neither is a setting.
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
     if not isinstance(number, (int, float)) or (annotation is int and not isinstance(number, int)):
         raise ConfigError(f"{key} must be {'an integer' if annotation is int else 'a number'}, got {value!r}")
     return annotation(number)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..files import written_atomically
 
 logger = logging.getLogger("pvtv2")
 
@@ -76,5 +77,6 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, x: str, 
         if len(curves) > 1:
             axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with written_atomically(path) as temporary:  # a run killed while drawing leaves the previous picture
+        figure.savefig(temporary, dpi=100, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(figure)

@@ -7,19 +7,18 @@ weights); only the main process prints, writes metrics and saves checkpoints.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from ..errors import EnvironmentProblem
 from . import distributed
 from .config import Config, RunSection
 from .distributed import DistributedEnv
+from .files import check_writable, output_folder_lock
 from .metrics import MetricsLog
 from .training_state import BEST, LAST, atomic_save, seed_everything
 
@@ -76,23 +75,13 @@ def start_run(section: RunSection, command: str) -> Iterator[Run]:
     env = distributed.setup(section.device)
     try:
         output_dir = Path(section.output_dir)
-        if env.is_main:
-            check_writable(output_dir, f"run.output_dir {output_dir}", "choose a folder you can write with --output_dir")
-        seed_everything(section.seed + env.rank)
-        yield Run(env, output_dir, command)
+        with ExitStack() as held:
+            if env.is_main:
+                check_writable(output_dir, f"run.output_dir {output_dir}",
+                               "choose a folder you can write with --output_dir")
+                # One run per folder: a second would interleave its records and checkpoints with this one's.
+                held.enter_context(output_folder_lock(output_dir, command))
+            seed_everything(section.seed + env.rank)
+            yield Run(env, output_dir, command)
     finally:
         distributed.cleanup()
-
-
-def check_writable(folder: Path, what: str, advice: str) -> None:
-    """Create ``folder`` if needed and make sure files can be written in it, before any work is done;
-    else an error that names ``what`` cannot be written and gives ``advice``."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
-    if not existing.is_dir():
-        raise EnvironmentProblem(f"{what} cannot be written: {existing} is a file, not a folder; {advice}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise EnvironmentProblem(f"{what} cannot be written ({error.strerror or error}); {advice}") from error

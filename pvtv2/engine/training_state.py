@@ -12,7 +12,6 @@ plain values, so it is read back with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.loading import CheckpointError, read_file
+from ..files import written_atomically
+from ..models.loading import CheckpointError, check_weights, read_file
 from . import distributed
 from .distributed import DistributedEnv
 from .optim import OptimizerStep
@@ -60,32 +60,8 @@ def training_state(
 
 def atomic_save(state: Mapping[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)  # atomic on POSIX and Windows: readers see the old file or the new one
-    finally:
-        temporary.unlink(missing_ok=True)
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    # The rename itself is only durable once the folder entry is on disk (POSIX; not possible on Windows).
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with written_atomically(path) as temporary:
+        torch.save(dict(state), temporary)
 
 
 def is_training_checkpoint(path: str | Path) -> bool:
@@ -178,6 +154,7 @@ def resume(
         return None
     state = read_training_checkpoint(path, task)
     check_compatible(state, path, model_name, class_names)
+    check_weights(state["model"], model.state_dict(), f"checkpoint {path}")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -4,9 +4,9 @@ from . import pvt_v1, pvt_v2  # noqa: F401  (registers the variants)
 from .factory import create_model
 from .pvt_v1 import PyramidVisionTransformer
 from .pvt_v2 import PyramidVisionTransformerV2
-from .registry import build_model, list_models, model_settings
+from .registry import build_model, list_models, min_input_size, model_settings
 
 __all__ = [
     "PyramidVisionTransformer", "PyramidVisionTransformerV2", "build_model", "create_model", "list_models",
-    "model_settings",
+    "min_input_size", "model_settings",
 ]

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import InputError
+from ..files import written_atomically
 from .keys import Format, detect_format, from_official
 from .layers import BLOCK_NORM_EPS
 from .loading import CheckpointError, fit_state_dict, model_shapes, open_checkpoint
@@ -28,6 +29,10 @@ from .registry import build_model, list_models
 
 Target = Literal["official", "timm", "hf", "safetensors"]
 TARGETS: tuple[Target, ...] = ("official", "timm", "hf", "safetensors")
+# File names each file format is written under: read_file opens a file by its extension, so a pickle named
+# .safetensors (or the reverse) would be written fine and never read back.
+TARGET_SUFFIXES: dict[Target, tuple[str, ...]] = {"official": (".pth", ".pt", ".bin"), "timm": (".pth", ".pt", ".bin"),
+                                                  "safetensors": (".safetensors",)}
 _HF_WEIGHTS = "model.safetensors"
 _HF_CONFIG = "config.json"
 
@@ -57,10 +62,9 @@ def convert_checkpoint(
     tensor is checked against that model first, so a file that does not fit it raises
     :class:`CheckpointError` and nothing is written. Tensors are written unchanged (same values and dtype).
     """
-    if to not in TARGETS:
-        raise InputError(f"unknown target format {to!r}; expected one of {', '.join(TARGETS)}")
+    check_destination(destination, to)
     contents = open_checkpoint(source)
-    fmt = _detect(contents.tensors, source)
+    fmt = detect_checkpoint_format(contents.tensors, source)
     num_classes = head_classes(contents.tensors, fmt)
     name = model or identify_model(contents.tensors, fmt, source=f"checkpoint {source}")
     fitted = fit_state_dict(contents.tensors, model_shapes(name, num_classes), fmt=fmt,
@@ -71,7 +75,7 @@ def convert_checkpoint(
 
 def identify_model(state_dict: Mapping[str, torch.Tensor], fmt: Format | None = None, source: str = "the state dict") -> str:
     """The registered model whose keys and shapes ``state_dict`` matches exactly (head of any size or none)."""
-    fmt = fmt or _detect(state_dict, source)
+    fmt = fmt or detect_checkpoint_format(state_dict, source)
     num_classes = head_classes(state_dict, fmt)
     matches = [name for name in list_models() if _fits(state_dict, fmt, name, num_classes)]
     if len(matches) == 1:
@@ -90,19 +94,35 @@ def head_classes(state_dict: Mapping[str, torch.Tensor], fmt: Format) -> int:
     return 0 if head is None else head.shape[0]
 
 
+def check_destination(destination: str | os.PathLike, to: Target) -> None:
+    """Refuse, before anything is read, a destination that format ``to`` cannot be written to or read back from."""
+    if to not in TARGETS:
+        raise InputError(f"unknown target format {to!r}; expected one of {', '.join(TARGETS)}")
+    destination = Path(destination)
+    if to == "hf":
+        if destination.exists() and not destination.is_dir():
+            raise InputError(f"{destination} is a file; the hf format is a folder ({_HF_CONFIG} and {_HF_WEIGHTS})")
+        return
+    if destination.is_dir():
+        raise InputError(f"{destination} is a folder; the {to} format is a single file")
+    if destination.suffix.lower() not in TARGET_SUFFIXES[to]:
+        raise InputError(f"{destination}: a checkpoint in the {to} format is read back by its extension, so its name "
+                         f"must end with {' or '.join(TARGET_SUFFIXES[to])}")
+
+
 def save_checkpoint(official: Mapping[str, torch.Tensor], destination: str | os.PathLike, to: Target, model: str) -> None:
-    """Write an official-key state dict of ``model`` to ``destination`` in format ``to``."""
+    """Write an official-key state dict of ``model`` to ``destination`` in format ``to``, each file whole or
+    not at all."""
+    check_destination(destination, to)
     destination = Path(destination)
     if to == "hf":
         _save_hf(official, destination, model)
         return
-    if destination.is_dir():
-        raise InputError(f"{destination} is a folder; the {to} format is a single file")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    if to == "safetensors":
-        _save_safetensors(dict(official), destination)
-    else:
-        torch.save(from_official(official, "timm") if to == "timm" else dict(official), destination)
+    with written_atomically(destination) as temporary:
+        if to == "safetensors":
+            _save_safetensors(dict(official), temporary)
+        else:
+            torch.save(from_official(official, "timm") if to == "timm" else dict(official), temporary)
 
 
 def hf_config(model: str, num_classes: int) -> dict[str, Any]:
@@ -138,7 +158,8 @@ def hf_config(model: str, num_classes: int) -> dict[str, Any]:
     return config
 
 
-def _detect(state_dict: Mapping[str, torch.Tensor], source: object) -> Format:
+def detect_checkpoint_format(state_dict: Mapping[str, torch.Tensor], source: object) -> Format:
+    """The layout (official, timm, hf) of ``state_dict``; :class:`CheckpointError` naming ``source`` if none."""
     try:
         return detect_format(state_dict)
     except ValueError as error:
@@ -147,7 +168,7 @@ def _detect(state_dict: Mapping[str, torch.Tensor], source: object) -> Format:
 
 def _fits(state_dict: Mapping[str, torch.Tensor], fmt: Format, name: str, num_classes: int) -> bool:
     try:
-        fit_state_dict(state_dict, model_shapes(name, num_classes), fmt=fmt)
+        fit_state_dict(state_dict, model_shapes(name, num_classes), fmt=fmt, check_values=False)
     except CheckpointError:
         return False
     return True
@@ -159,12 +180,11 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def _save_hf(official: Mapping[str, torch.Tensor], folder: Path, model: str) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder} is a file; the hf format is a folder ({_HF_CONFIG} and {_HF_WEIGHTS})")
-    folder.mkdir(parents=True, exist_ok=True)
     num_classes = official["head.weight"].shape[0] if "head.weight" in official else 0
-    _save_safetensors(from_official(official, "hf"), folder / _HF_WEIGHTS)
-    (folder / _HF_CONFIG).write_text(json.dumps(hf_config(model, num_classes), indent=2) + "\n", encoding="utf-8")
+    with written_atomically(folder / _HF_WEIGHTS) as temporary:
+        _save_safetensors(from_official(official, "hf"), temporary)
+    with written_atomically(folder / _HF_CONFIG) as temporary:
+        temporary.write_text(json.dumps(hf_config(model, num_classes), indent=2) + "\n", encoding="utf-8")
 
 
 def _labels(num_classes: int) -> dict[str, dict]:

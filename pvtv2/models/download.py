@@ -20,11 +20,9 @@ import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -32,6 +30,7 @@ from typing import BinaryIO
 import torch
 
 from ..errors import EnvironmentProblem, InputError
+from ..files import written_atomically
 from . import reference
 from .loading import CheckpointError, fit_state_dict, model_shapes, open_checkpoint
 from .registry import list_models
@@ -131,16 +130,14 @@ def fetch(name: str, *, progress: bool = True) -> Path:
         return destination
     source = source_of(name)
     logger.info("downloading the weights of %s from %s to %s", name, source, destination)
-    with _partial_file(destination) as (partial, temp_path):
+    with written_atomically(destination) as temporary:  # cached only once complete and checked
         try:
             stream, total = _open(source)
         except (OSError, http.client.HTTPException) as error:
             raise WeightsUnavailableError(_unavailable(name, source, _reason(error))) from error
-        with stream:
+        with stream, temporary.open("wb") as partial:
             digest = _copy(stream, partial, total, name, source, progress)
-        partial.close()
-        _check_download(name, source, temp_path, digest)
-        os.replace(temp_path, destination)
+        _check_download(name, source, temporary, digest)
     return destination
 
 
@@ -153,10 +150,8 @@ def import_weights(name: str, file: str | os.PathLike) -> Path:
     """
     destination = cached_path(name)
     state = check_release_weights(name, open_checkpoint(file).tensors, f"file {file}")
-    with _partial_file(destination) as (partial, temp_path):
-        torch.save(state, partial)
-        partial.close()
-        os.replace(temp_path, destination)
+    with written_atomically(destination) as temporary:
+        torch.save(state, temporary)
     logger.info("imported %s as the weights of %s: %s", file, name, destination)
     return destination
 
@@ -171,28 +166,6 @@ def check_release_weights(name: str, state_dict: Mapping[str, torch.Tensor], sou
 
 
 # -- downloading -----------------------------------------------------------------------------------------
-@contextmanager
-def _partial_file(destination: Path) -> Iterator[tuple[BinaryIO, Path]]:
-    """A temporary file beside ``destination`` (same file system, so renaming it into place is atomic),
-    removed on leaving unless it was renamed into place already."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    path = Path(name)
-    # mkstemp makes the file private (0600); a cache may be shared, so give it the mode of any new file.
-    os.chmod(fd, 0o666 & ~_umask())
-    try:
-        with os.fdopen(fd, "wb") as file:
-            yield file, path
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
 def _is_url(location: str) -> bool:
     return "://" in location
 

@@ -63,7 +63,7 @@ def export_onnx(
     try:
         import onnxscript  # noqa: F401  (the exporter's dependency; fail early with a clear message)
     except ImportError as error:
-        raise RuntimeError("ONNX export needs the onnx and onnxscript packages: pip install 'pvtv2[export]'") from error
+        raise EnvironmentProblem("ONNX export needs the onnx and onnxscript packages: pip install 'pvtv2[export]'") from error
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..errors import InputError
 
 from .keys import FORMATS, Format, detect_format, family_of, to_official
 from .registry import build_model
@@ -154,6 +153,7 @@ def fit_state_dict(
     fmt: Format | None = None,
     source: str = "the state dict",
     model_name: str = "the model",
+    check_values: bool = True,
 ) -> FittedState:
     """Match ``state_dict`` (official, timm or HF layout; detected when ``fmt`` is None) against a model's
     ``expected`` state dict (meta tensors do: only keys and shapes are read).
@@ -162,7 +162,8 @@ def fit_state_dict(
     key, else :class:`CheckpointError` lists what is missing, unexpected or of another shape. The only
     exception is the classification head: a checkpoint's head that the model cannot take (no head, another
     number of classes) is left out, and a model's head the checkpoint lacks keeps its initialisation;
-    ``head_note`` of the result says which.
+    ``head_note`` of the result says which. With ``check_values`` the tensors' values are checked too
+    (:func:`check_weights`); matching only the keys and shapes (to recognise a model) skips that.
     """
     if fmt is None:
         try:
@@ -194,7 +195,32 @@ def fit_state_dict(
             + _listing("missing keys", missing) + _listing("unexpected keys", unexpected)
             + _listing("shape mismatches", mismatched)
         )
+    if check_values:
+        check_weights(official, expected, source)
     return FittedState(official, fmt, head_note)
+
+
+def check_weights(
+    state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str | os.PathLike
+) -> None:
+    """Refuse a checkpoint whose tensors are not a model's weights, naming the first key that shows it: a
+    tensor that is not floating point where the model's parameter or buffer is (int8 or bool values would be
+    copied in as numbers, a quantized file read as weights), or a floating one holding NaN or infinity (a
+    run that diverged). Integer tensors that the model keeps as integers (BatchNorm's
+    ``num_batches_tracked``) pass; ``expected`` may be meta tensors (only dtypes are read)."""
+    for key, tensor in state_dict.items():
+        target = expected.get(key)
+        if target is None or not target.is_floating_point():
+            continue
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{source}: {key} holds {str(tensor.dtype).removeprefix('torch.')} values where the "
+                                  f"model has floating-point weights: this is not a float checkpoint (quantized or "
+                                  f"damaged); use the float weights")
+        finite = torch.isfinite(tensor)
+        if not finite.all():
+            bad = int(finite.numel() - finite.sum())
+            raise CheckpointError(f"{source}: {key} holds {bad} NaN or infinite value(s) of {tensor.numel()}; weights "
+                                  f"must be finite numbers (was it written by a run whose loss diverged?)")
 
 
 def _fit_head(official: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str | None:
@@ -211,8 +237,10 @@ def _fit_head(official: dict[str, torch.Tensor], expected: Mapping[str, torch.Te
     return None
 
 
-def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, fmt: Format | None = None) -> Format:
+def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, fmt: Format | None = None,
+                    described_as: str | None = None) -> Format:
     """Load an official, timm or HF checkpoint into ``model`` strictly; returns the format it was in.
+    ``described_as`` names a state dict ``source`` in messages (a file's tensors read already).
 
     The classification head is skipped (with a log message) when the model has none or a different
     number of classes. Every key and shape is checked before any weight is copied, so a checkpoint that
@@ -220,7 +248,7 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping, fmt: 
     """
     expected = model.state_dict()
     fitted = fit_state_dict(
-        read_checkpoint(source), expected, fmt=fmt, source=_describe(source),
+        read_checkpoint(source), expected, fmt=fmt, source=described_as or _describe(source),
         model_name=getattr(model, "model_name", type(model).__name__),
     )
     if fitted.head_note:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import InputError
@@ -40,6 +42,14 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     model = model_class(**settings, **kwargs)
     model.model_name = name
     return model
+
+
+@functools.cache
+def min_input_size(name: str) -> int:
+    """The smallest height and width (pixels) model ``name`` takes: below it a stage's spatial reduction
+    has no whole window. Read off the model built on the meta device (no memory, no initialisation)."""
+    with torch.device("meta"):
+        return build_model(name, num_classes=0).min_input_size
 
 
 def _lookup(name: str) -> tuple[type[nn.Module], dict[str, Any]]:

@@ -9,10 +9,12 @@ AdamW lr 1e-4, 40k iterations of batch 16 (4 GPUs x 4), poly decay with power 0.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 from ..engine.config import Config, ConfigError, RunSection, checked
+from ..models import min_input_size
 
 
 @dataclass
@@ -101,14 +103,18 @@ class SegmentationConfig(Config):
         if self.data.dataset != "shapes" and self.data.root is None:
             raise ConfigError(f"data.root is needed for dataset {self.data.dataset!r} (--root DIR)")
         parse_scales(self.test.test_scales)
+        smallest = min_input_size(self.model.backbone)  # training crops (and sliding windows) are this size
+        if self.augment.crop_size < smallest:
+            raise ConfigError(f"augment.crop_size {self.augment.crop_size} is below the {smallest} pixels per side "
+                              f"that {self.model.backbone} needs")
 
 
-def parse_scales(text: str) -> tuple[float, ...]:
-    """``"0.5,1.0"`` -> (0.5, 1.0), each positive."""
+def parse_scales(text: str, key: str = "test.test_scales") -> tuple[float, ...]:
+    """``"0.5,1.0"`` -> (0.5, 1.0), each a positive finite number; errors name ``key`` (or the option)."""
     try:
         scales = tuple(float(s) for s in str(text).strip("[]() ").split(",") if s.strip())
     except ValueError as error:
-        raise ConfigError(f"test.test_scales must be comma-separated numbers, got {text!r}") from error
-    if not scales or any(s <= 0 for s in scales):
-        raise ConfigError(f"test.test_scales must be positive numbers, got {text!r}")
+        raise ConfigError(f"{key} must be comma-separated numbers, got {text!r}") from error
+    if not scales or not all(0 < s < math.inf for s in scales):  # NaN fails the comparison too
+        raise ConfigError(f"{key} must be positive numbers, got {text!r}")
     return scales

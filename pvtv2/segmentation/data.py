@@ -27,11 +27,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 
-from ..data import DatasetError, open_rgb
+from ..data import DatasetError, read_image
+from ..data.images import ModelInput
 from ..data.shapes import write_segmentation_shapes
 from .config import SegmentationConfig
 
@@ -101,7 +102,8 @@ class SegmentationDataset(Dataset):
     """Image / label-map pairs of one split; items are ``(image, mask)`` after ``transform``.
 
     Before the transform, ``image`` is a uint8 ``tv_tensors.Image`` (3, H, W) and ``mask`` an int64
-    ``tv_tensors.Mask`` (H, W) of class indices, ``IGNORE_INDEX`` where unlabelled.
+    ``tv_tensors.Mask`` (H, W) of class indices, ``IGNORE_INDEX`` where unlabelled. With ``model_input``
+    (how testing resizes a picture for the model), a picture the model cannot take is refused by name.
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class SegmentationDataset(Dataset):
         *,
         class_names: list[str] | None = None,
         transform: Callable | None = None,
+        model_input: ModelInput | None = None,
     ) -> None:
         if layout not in LAYOUTS:
             raise DatasetError(f"unknown dataset layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
@@ -119,6 +122,7 @@ class SegmentationDataset(Dataset):
         if split not in spec.splits:
             raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(spec.splits)}")
         self.root, self.split, self.layout, self.transform = Path(root), split, layout, transform
+        self.model_input = model_input
         self.reduce_zero_label = spec.reduce_zero_label
         where = (f"a {layout} root holds {spec.images.format(split=spec.splits[split])}/ and "
                  f"{spec.masks.format(split=spec.splits[split])}/")
@@ -150,11 +154,15 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """Sample ``index`` before the transform, checked: uint8 image (3, H, W), labels (H, W)."""
         image_path, mask_path = self.samples[index]
-        pixels = np.asarray(open_rgb(image_path))
+        picture = read_image(image_path)
+        if self.model_input is not None:
+            self.model_input.check(image_path, picture.size)
+        pixels = np.asarray(picture)
         try:
             with Image.open(mask_path) as file:
                 mode = file.mode
-                stored = np.asarray(file).astype(np.int64)
+                # Oriented as its image is read (a viewer shows both turned by their EXIF orientation).
+                stored = np.asarray(ImageOps.exif_transpose(file)).astype(np.int64)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise DatasetError(f"cannot read mask {mask_path}: {error}") from error
         if mode not in ("L", "P", "I", "I;16", "1"):

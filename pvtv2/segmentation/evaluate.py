@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..errors import InputError
+from ..errors import InputError, RunFailure
 from ..engine import distributed
 from ..engine.optim import autocast
 from ..engine.text_table import format_table
@@ -124,6 +124,12 @@ def predict_probabilities(
     softmax averaged over ``scales`` (ratios of the test scale) and, with ``flip``, mirrored copies."""
     if mode not in ("whole", "slide"):
         raise InputError(f"test mode must be 'whole' or 'slide', got {mode!r}")
+    if mode == "slide" and (crop_size < 1 or stride < 1):
+        # A stride below 1 runs no window (each pixel then averages 0 / 0 logits): never a result.
+        raise InputError(f"sliding windows need a crop size and a stride of at least 1 pixel, got {crop_size} and "
+                         f"{stride}")
+    if not scales or not all(0 < ratio < math.inf for ratio in scales):
+        raise InputError(f"test scales must be positive numbers, got {tuple(scales)}")
     total = None
     for ratio in scales:
         scaled = image if ratio == 1 else F.interpolate(
@@ -137,6 +143,9 @@ def predict_probabilities(
             logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
             probs = logits.softmax(1)
             total = probs if total is None else total + probs
+    if not torch.isfinite(total).all():
+        raise RunFailure("the segmenter's output is not finite (NaN or infinity) for an image: its weights hold "
+                         "such values, or fp16 overflowed (evaluate with --amp bf16 or none)")
     return total / (len(scales) * (2 if flip else 1))
 
 
@@ -167,4 +176,9 @@ def evaluate(
                                       crop_size=crop_size, stride=stride, flip=flip, scales=scales, amp=amp)
         confusion += confusion_matrix(probs.argmax(1), mask, num_classes)
     model.train(was_training)
-    return SegmentationMetrics(distributed.all_reduce_sum(confusion).cpu(), list(class_names))
+    confusion = distributed.all_reduce_sum(confusion).cpu()
+    if confusion.sum() == 0:
+        # mIoU, mAcc and aAcc would be 0 / 0: no figure at all, rather than NaN printed as one.
+        raise InputError(f"the evaluation data has no labelled pixel (every mask is empty or 'ignore'), so there is "
+                         f"nothing to score; check the masks of {getattr(loader.dataset, 'root', 'the dataset')}")
+    return SegmentationMetrics(confusion, list(class_names))

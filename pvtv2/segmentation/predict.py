@@ -18,10 +18,9 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torchvision import tv_tensors
 
-from ..data import open_rgb
 from ..engine.release import read_release, resolve_checkpoint
 from ..engine.training_state import FORMAT_KEY, training_checkpoint
-from ..models.loading import CheckpointError, read_file
+from ..models.loading import CheckpointError, check_weights, read_file
 from .config import SegmentationConfig, parse_scales
 from .evaluate import predict_probabilities
 from .model import build_segmenter
@@ -75,16 +74,12 @@ def _build(config: SegmentationConfig, backbone: str, num_classes: int, state_di
     m = config.model
     model = build_segmenter(m.segmenter, backbone=backbone, num_classes=num_classes, norm=m.norm, dropout=m.dropout,
                             neck_channels=m.neck_channels, head_channels=m.head_channels)
+    check_weights(state_dict, model.state_dict(), f"checkpoint {path}")
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {path} does not fit {backbone} Semantic FPN: {error}") from error
     return model.eval()
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """RGB pixels (H, W, 3) uint8 of an image file; a clear error naming the file."""
-    return np.asarray(open_rgb(path)).copy()
 
 
 @torch.no_grad()
@@ -98,9 +93,10 @@ def segment(segmenter: LoadedSegmenter, pixels: np.ndarray, device: torch.device
     batch = transform.normalise(transform.resize(image))[None].to(device)
     model = segmenter.model.to(device)
     probs = predict_probabilities(
-        model, batch, pixels.shape[:2], num_classes=len(segmenter.class_names), mode=mode or cfg.test.test_mode,
-        crop_size=cfg.augment.crop_size, stride=cfg.test.slide_stride,
-        flip=cfg.test.flip_test if flip is None else flip, scales=parse_scales(scales or cfg.test.test_scales),
+        model, batch, pixels.shape[:2], num_classes=len(segmenter.class_names),
+        mode=cfg.test.test_mode if mode is None else mode, crop_size=cfg.augment.crop_size,
+        stride=cfg.test.slide_stride, flip=cfg.test.flip_test if flip is None else flip,
+        scales=parse_scales(cfg.test.test_scales if scales is None else scales),
     )
     return probs.argmax(1)[0].cpu().numpy()
 

@@ -30,7 +30,7 @@ from .config import SegmentationConfig, parse_scales
 from .data import IGNORE_INDEX, IterationSampler, SegmentationDataset, dataset_root, read_class_names
 from .evaluate import SegmentationMetrics, evaluate
 from .model import build_segmenter
-from .transforms import EvalTransform, train_transform
+from .transforms import EvalTransform, model_input, train_transform
 
 TASK = "segmentation"
 CURVE_PANELS = [("training loss", "loss", [("train_loss", "training", 1.0)]),
@@ -45,7 +45,10 @@ def build_datasets(cfg: SegmentationConfig) -> tuple[SegmentationDataset, Segmen
     a = cfg.augment
     train_set = SegmentationDataset(root, "train", layout, class_names=names, transform=train_transform(
         a.crop_size, a.scale, a.ratio_range, a.cat_max_ratio, a.hflip, a.photometric))
-    val_set = SegmentationDataset(root, "val", layout, class_names=names, transform=EvalTransform(a.scale))
+    test_input = model_input(cfg, cfg.model.backbone)
+    test_input.check_scale()
+    val_set = SegmentationDataset(root, "val", layout, class_names=names, transform=EvalTransform(a.scale),
+                                  model_input=test_input)
     return train_set, val_set
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,6 +21,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ..data.images import resize_image
+from ..data.images import ModelInput
+from ..models import min_input_size
+from .config import SegmentationConfig, parse_scales
 from .data import IGNORE_INDEX
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet's, as the backbones were pre-trained with
@@ -31,6 +35,17 @@ def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, 
     """mmcv's keep-ratio rescale: the largest size with the longer side <= max(scale) and the shorter <= min(scale)."""
     factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def model_input(cfg: SegmentationConfig, backbone: str, scales: Sequence[float] | None = None,
+                option: str = "test.test_scales") -> ModelInput:
+    """How testing resizes a picture (the keep-ratio test scale, times each of ``scales``: by default the
+    config's test scales) and the smallest side the ``backbone`` takes: to refuse, naming the file, a
+    picture the segmenter cannot take."""
+    scales = parse_scales(cfg.test.test_scales) if scales is None else scales
+    scale = cfg.augment.scale
+    return ModelInput(smallest=min_input_size(backbone), shorter=min(scale), longest=max(scale), rounding="nearest",
+                      ratios=tuple(scales), option=option)
 
 
 def _image_size(flat_inputs: list[Any]) -> tuple[int, int]:

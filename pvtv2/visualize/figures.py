@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ..engine.files import check_output_file
+from ..files import written_atomically
 from .attention import AttentionMaps
 
 PANEL_INCHES = 2.0
@@ -78,6 +80,19 @@ def predictions_figure(rows: Sequence[tuple[str, Mapping[str, np.ndarray]]], col
     return figure
 
 
+def figure_suffixes() -> tuple[str, ...]:
+    """The file name extensions matplotlib writes a figure in (``.png``, ``.pdf``, ``.svg``...)."""
+    return tuple(f".{name}" for name in Figure().canvas.get_supported_filetypes())
+
+
+def check_figure_output(path: str | Path, option: str, inputs: Sequence[Path] = ()) -> None:
+    """Before any work: ``path`` (given with ``option``) names a format matplotlib writes, is none of the
+    command's ``inputs`` and lies in a folder that can be written."""
+    check_output_file(Path(path), option, figure_suffixes(), "a figure", inputs)
+
+
 def save(figure: Figure, path: str | Path) -> None:
-    """Write ``figure`` to ``path`` (the format from its extension)."""
-    figure.savefig(path, dpi=DPI)
+    """Write ``figure`` to ``path`` in the format of its extension, whole or not at all."""
+    path = Path(path)
+    with written_atomically(path) as temporary:
+        figure.savefig(temporary, dpi=DPI, format=path.suffix.lstrip(".").lower())
