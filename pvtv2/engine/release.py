@@ -127,6 +127,9 @@ def _literal(node: ast.AST, variables: Mapping[str, Any], source: str) -> Any:
             else:
                 built[keyword.arg] = value(keyword.value)
         return built
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
+            and not node.keywords and all(isinstance(a, ast.Constant) and isinstance(a.value, int) for a in node.args)):
+        return range(*(a.value for a in node.args))  # gpu_ids = range(0, 8), as the official train.py stores it
     operations = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
                   ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b}
     if isinstance(node, ast.BinOp) and type(node.op) in operations:
