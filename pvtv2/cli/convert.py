@@ -1,9 +1,15 @@
-"""``pvt convert IN OUT --to official|timm|hf|safetensors [--model NAME]``: rewrite a checkpoint in another layout.
+"""``pvt convert IN OUT --to official|timm|hf|safetensors|mmdet|pvtv2 [--model NAME]``: rewrite a checkpoint in
+another layout.
 
-IN may be an official, timm or HF checkpoint (.pth, .safetensors or an HF folder), a training checkpoint
-that wraps one, or an MMDetection / MMSegmentation checkpoint, whose backbone is taken. The model is
-inferred from the keys and shapes unless --model names it. OUT is a folder for --to hf (config.json and
-model.safetensors, loadable with transformers' from_pretrained), a file otherwise.
+A backbone (--to official|timm|hf|safetensors): IN may be an official, timm or HF checkpoint (.pth,
+.safetensors or an HF folder), a training checkpoint that wraps one, or an MMDetection / MMSegmentation
+checkpoint, whose backbone is taken. The model is inferred from the keys and shapes unless --model names it.
+OUT is a folder for --to hf (config.json and model.safetensors, loadable with transformers'
+from_pretrained), a file otherwise.
+
+A whole detector: --to mmdet writes a det-train checkpoint in the official release's layout (MMDetection
+2.x / 3.x load it with strict keys into the official config's model); --to pvtv2 writes a release file as a
+det-train checkpoint (model only, with the release's test settings).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from pathlib import Path
 from ..models.conversion import TARGETS, convert_checkpoint
 from .common import check_output_path
 
+DETECTOR_TARGETS = ("mmdet", "pvtv2")
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -22,13 +30,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("source", type=Path, metavar="IN", help="checkpoint file or HF folder")
     parser.add_argument("destination", type=Path, metavar="OUT", help="file to write (a folder for --to hf)")
-    parser.add_argument("--to", required=True, choices=TARGETS, help="layout to write")
+    parser.add_argument("--to", required=True, choices=(*TARGETS, *DETECTOR_TARGETS),
+                        help="layout to write: a backbone's (official, timm, hf, safetensors) or a whole detector's "
+                             "(mmdet: the release layout; pvtv2: a det-train checkpoint)")
     parser.add_argument("--model", metavar="NAME", help="the model it holds (default: inferred from the file)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     check_output_path(args.destination, "OUT")
+    if args.to in DETECTOR_TARGETS:
+        from ..detection.release import convert
+
+        print(convert(args.source, args.destination, args.to))
+        return 0
     done = convert_checkpoint(args.source, args.destination, args.to, args.model)
     if done.backbone_only:
         parts = sorted({key.split(".", 1)[0] for key in done.dropped})

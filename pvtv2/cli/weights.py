@@ -4,15 +4,26 @@ Weights are cached in $PVT_HOME (default: torch.hub's cache, $TORCH_HOME/hub/che
 PVT_WEIGHTS_MIRROR to a base URL or a shared folder to read NAME.pth from there instead of the release.
 On a machine without internet access, download the file elsewhere and import it: ``pvt weights import
 NAME FILE`` checks it against the model and caches it.
+
+The trained detectors and segmenters of the paper (``--task detection|segmentation``) were released as
+MMDetection / MMSegmentation checkpoints on pages that need a browser: download one from its page, then
+``pvt weights import NAME FILE`` checks that it is that model and caches it, and ``--checkpoint NAME`` finds
+it offline afterwards (det-predict, det-eval, seg-predict, seg-eval, show).
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import os
+import shutil
 from pathlib import Path
 
+from ..engine.release import released_cache_path, released_models
 from ..models import download
 from .common import CommandError, format_table, select_models
+
+TASKS = ("classification", "detection", "segmentation")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,8 +33,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    listing = actions.add_parser("list", help="each model's weights: source, size, top-1, cached or not")
+    listing = actions.add_parser("list", help="each model's weights: source, size, top-1 (or AP, mIoU), cached or not")
     listing.add_argument("patterns", nargs="*", metavar="PATTERN", help="shell-style filters (default: all)")
+    listing.add_argument("--task", choices=TASKS, default="classification",
+                         help="classification: the ImageNet weights (default); detection, segmentation: the trained "
+                              "detectors and segmenters of the paper, with their published AP / mIoU")
     listing.set_defaults(handler=run_list)
 
     downloading = actions.add_parser("download", help="fetch weights into the cache (a no-op when cached)")
@@ -31,13 +45,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     downloading.set_defaults(handler=run_download)
 
     importing = actions.add_parser("import", help="check a weights file against a model and cache it")
-    importing.add_argument("name", help="model name (see 'pvt weights list')")
+    importing.add_argument("name", help="model name (see 'pvt weights list', also with --task)")
     importing.add_argument("file", type=Path,
-                           help="a .pth or .safetensors file or an HF folder, in official, timm or HF layout")
+                           help="a .pth or .safetensors file or an HF folder, in official, timm or HF layout; for a "
+                                "detector or segmenter, the released MMDetection / MMSegmentation file")
     importing.set_defaults(handler=run_import)
 
 
 def run_list(args: argparse.Namespace) -> int:
+    if args.task != "classification":
+        return _list_released(args.task, args.patterns)
     chosen = select_models(args.patterns)
     names = [name for name in chosen if name in download.RELEASES]  # -Li beyond B2: no released weights
     if not names:
@@ -70,5 +87,47 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    if args.name in released_models():
+        return _import_released(args.name, args.file)
     print(f"{args.name}: {download.import_weights(args.name, args.file)} (checked, from {args.file})")
+    return 0
+
+
+def _list_released(task: str, patterns: list[str]) -> int:
+    chosen = [r for r in released_models().values()
+              if r.task == task and (not patterns or any(fnmatch.fnmatch(r.name, p) for p in patterns))]
+    if not chosen:
+        raise CommandError(f"no released {task} model matches {' '.join(patterns)}")
+    rows = [dict(name=r.name, model=r.model, backbone=r.backbone, published=r.published,
+                 cached="yes" if released_cache_path(r.name).is_file() else "no",
+                 page=r.page or f"- ({r.note})") for r in chosen]
+    headers = dict(name="name", model="model", backbone="backbone", published="published", cached="cached",
+                   page="download page")
+    print(format_table(rows, headers, left=("name", "model", "backbone", "published", "page")))
+    print(f"cache: {released_cache_path('NAME').parent}; after downloading: pvt weights import NAME FILE")
+    return 0
+
+
+def _import_released(name: str, file: Path) -> int:
+    """Check that ``file`` is the released model ``name`` (its detector or segmenter, its backbone, every
+    weight fitting) and copy it into the cache, atomically."""
+    release = released_models()[name]
+    if release.task == "detection":
+        from ..detection.predict import load_detector
+
+        loaded = load_detector(file, "cpu")
+        found = (loaded.spec.name, loaded.backbone)
+    else:
+        from ..segmentation.predict import load_segmenter
+
+        found = ("semantic_fpn", load_segmenter(file).backbone)
+    if found != (release.model, release.backbone):
+        raise CommandError(f"{file} holds a {found[0]} with {found[1]}, not {name}'s {release.model} with "
+                           f"{release.backbone}")
+    target = released_cache_path(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_suffix(".part")
+    shutil.copyfile(file, temporary)
+    os.replace(temporary, target)
+    print(f"{name}: {target} (checked: {release.model} with {release.backbone}; published {release.published})")
     return 0

@@ -84,13 +84,15 @@ def build_detector(
     return detector
 
 
-def build_from_config(model: DetModelConfig, data: DetDataConfig, num_classes: int, pretrained: bool = True) -> nn.Module:
+def build_from_config(model: DetModelConfig, data: DetDataConfig, num_classes: int, pretrained: bool = True,
+                      **options: Any) -> nn.Module:
     """The detector a training config describes; ``pretrained=False`` leaves out the backbone weights
-    (when a detector checkpoint is loaded over it anyway)."""
+    (when a detector checkpoint is loaded over it anyway); ``options`` add to or override the config's
+    keywords of the detector's builder."""
     return build_detector(
         model.detector, model.backbone, num_classes=num_classes,
         pretrained_backbone=model.pretrained if pretrained else None,  # "official", a checkpoint path, or None
         drop_path_rate=model.drop_path_rate, min_size=data.min_size, max_size=data.max_size,
         fpn_channels=model.fpn_channels, anchor_sizes=model.anchor_sizes, box_head_channels=model.box_head_channels,
-        mask_head_channels=model.mask_head_channels, **detector_spec(model.detector).config_options(model),
+        mask_head_channels=model.mask_head_channels, **{**detector_spec(model.detector).config_options(model), **options},
     )

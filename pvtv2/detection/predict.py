@@ -18,7 +18,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from ..data import DatasetError
 from ..errors import InputError
 from ..engine.distributed import resolve_device
-from ..engine.release import is_release_layout, read_config_file, read_release
+from ..engine.release import is_release_layout, read_config_file, read_release, resolve_checkpoint
 from ..engine.training_state import FORMAT_KEY, training_checkpoint
 from ..models.loading import CheckpointError, read_file
 from .config import DetectionConfig
@@ -59,7 +59,7 @@ def load_detector(path: str | Path, device: str = "auto", config: str | Path | N
     """The detector of a det-train checkpoint or of an official release file, in evaluation mode on
     ``device``; ``config``: an MMDetection config file (``_base_`` files beside it) for a release file, in
     place of the one its meta holds (or lacks)."""
-    path = Path(path)
+    path = resolve_checkpoint(path)  # a released model's name: its cached file
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; give a checkpoint file (last.pth, best.pth or a release .pth)")
     loaded = read_file(path)  # a clear error for a missing, damaged or foreign file
@@ -75,7 +75,9 @@ def load_detector(path: str | Path, device: str = "auto", config: str | Path | N
     state = training_checkpoint(loaded, path, "detection")
     config = DetectionConfig.from_dict(state["config"], f"the config stored in {path}")
     class_names = list(state["class_names"])
-    model = build_from_config(config.model, config.data, len(class_names), pretrained=False)
+    # build_options: the test settings of a release file converted by pvt convert --to pvtv2
+    model = build_from_config(config.model, config.data, len(class_names), pretrained=False,
+                              **state.get("build_options", {}))
     _load_weights(model, state["model"], path)
     return LoadedDetector(model.eval().to(target), detector_spec(config.model.detector), config.model.backbone,
                           class_names, list(state["category_ids"]), config, target)

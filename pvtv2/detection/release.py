@@ -15,6 +15,7 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -216,3 +217,58 @@ def _test_scale(config: Mapping[str, Any]) -> tuple[int, int]:
         if isinstance(scale, list) and len(scale) == 1 and isinstance(scale[0], (list, tuple)):
             return max(scale[0]), min(scale[0])
     return DEFAULT_TEST_SCALE
+
+
+# COCO's category ids of its 80 classes, in COCO_CLASSES' order (annotations/instances_*.json).
+COCO_CATEGORY_IDS = (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
+                     *range(84, 91))
+
+
+def as_training_checkpoint(release: ReleaseDetector, source: str) -> dict[str, Any]:
+    """A release file's detector as a det-train checkpoint (model only, no optimizer state), which det-eval,
+    det-predict and show read: its config names the detector, backbone, test scale and COCO at the release
+    config's data root; ``build_options`` keeps the release's test settings."""
+    from ..engine.training_state import FORMAT_KEY, FORMAT_VERSION
+    from .config import DetectionConfig
+
+    coco = release.class_names == COCO_CLASSES
+    config = DetectionConfig.from_dict(dict(
+        model=dict(detector=release.spec.name, backbone=release.backbone),
+        data=dict(dataset="coco", min_size=release.min_size, max_size=release.max_size),
+    ), f"the config made for {source}")
+    return {
+        FORMAT_KEY: FORMAT_VERSION, "task": "detection", "model_name": release.backbone,
+        "class_names": list(release.class_names),
+        "category_ids": list(COCO_CATEGORY_IDS) if coco else list(range(1, len(release.class_names) + 1)),
+        "config": config.to_dict(), "build_options": dict(release.test_options), "model": release.state_dict,
+        "epoch": 0, "best": None, "converted_from": source,
+    }
+
+
+def convert(source: str | Path, destination: str | Path, to: str) -> str:
+    """``pvt convert`` of a detector: a det-train checkpoint to the release layout (``to="mmdet"``: a file
+    MMDetection 2.x / 3.x loads with strict keys, and this package reads back), or a release file to a
+    det-train checkpoint (``to="pvtv2"``); returns what was written, in a sentence."""
+    from ..engine.release import is_release_layout, read_release
+    from ..engine.training_state import atomic_save
+    from ..models.loading import read_file
+    from .predict import load_detector
+
+    loaded = read_file(source)
+    released = is_release_layout(loaded)
+    if to == "pvtv2":
+        if not released:
+            raise ReleaseFileError(f"{source} is not an MMDetection release file; --to pvtv2 converts those")
+        detector = from_release(read_release(source, loaded))
+        atomic_save(as_training_checkpoint(detector, str(source)), destination)
+        return f"{destination}: {detector.spec.title} {detector.backbone}, {len(detector.class_names)} classes, as a " \
+               f"det-train checkpoint (for det-eval, det-predict, show)"
+    if released:
+        raise ReleaseFileError(f"{source} is in the release layout already; --to mmdet converts det-train checkpoints")
+    detector = load_detector(source, "cpu")
+    config = detector.config
+    write_release_file(str(destination), detector.model.state_dict(), detector.spec, detector.backbone,
+                       tuple(detector.class_names), config.data.min_size, config.data.max_size,
+                       config.model.detections_per_img)
+    return f"{destination}: {detector.spec.title} {detector.backbone}, {len(detector.class_names)} classes, in " \
+           f"MMDetection's layout (load it with strict keys into the official config's model)"

@@ -9,6 +9,8 @@ it (:func:`parse_config_text`), so a file cannot run code, as ``torch.load(weigh
 from __future__ import annotations
 
 import ast
+import functools
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -171,3 +173,56 @@ def config_value(config: Mapping[str, Any], *keys: str, default: Any = None) -> 
             return default
         config = config[key]
     return config
+
+
+# -- the released files ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReleasedModel:
+    """One released detector or segmenter (engine/released_dense.json): its name is its official config's."""
+
+    name: str
+    task: str  # "detection" or "segmentation"
+    model: str  # the detector's name (pvtv2.detection.registry), or "semantic_fpn"
+    backbone: str
+    page: str | None  # where the official README links the file (Google Drive), None where it links a wrong one
+    box_AP: float | None = None
+    mask_AP: float | None = None
+    mIoU: float | None = None  # the official code's
+    mIoU_paper: float | None = None
+    note: str | None = None
+
+    @property
+    def published(self) -> str:
+        """The published figures, as the README prints them."""
+        if self.task == "segmentation":
+            return f"mIoU {self.mIoU} (paper {self.mIoU_paper})"
+        return f"box AP {self.box_AP}" + (f", mask AP {self.mask_AP}" if self.mask_AP is not None else "")
+
+
+@functools.cache
+def released_models() -> dict[str, ReleasedModel]:
+    """Every released detector and segmenter by name, in the official READMEs' order."""
+    rows = json.loads((Path(__file__).with_name("released_dense.json")).read_text())["files"]
+    return {row["name"]: ReleasedModel(**row) for row in rows}
+
+
+def released_cache_path(name: str) -> Path:
+    """Where ``pvt weights import NAME FILE`` keeps a released file (beside the cached ImageNet weights)."""
+    from ..models.download import cache_dir
+
+    return cache_dir() / "released" / f"{name}.pth"
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
+    """``checkpoint`` as a path: a file as it is, or the cached file of a released model's name; a clear error
+    for a released name that was not imported yet."""
+    path = Path(checkpoint)
+    if path.exists() or str(checkpoint) not in released_models():
+        return path
+    cached = released_cache_path(str(checkpoint))
+    if cached.is_file():
+        return cached
+    release = released_models()[str(checkpoint)]
+    where = f"download it from {release.page}" if release.page else "download it (see the official README)"
+    raise ReleaseFileError(f"{checkpoint} is a released {release.task} model that is not in the cache yet: {where} "
+                           f"and run `pvt weights import {checkpoint} FILE`")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import fast_path
-from .export import capturing_graph
+from .capture import capturing_graph
 from .layers import Block, ConvFFN, Mlp, SpatialReductionAttention, image_to_tokens, tokens_to_image
 
 _ONEDNN_FUSION = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -77,7 +77,8 @@ def can_fuse(block: Block, x: torch.Tensor) -> bool:
     graph capture in a dtype of :func:`compute_dtype`, the block exactly as built
     (:func:`.fast_path.runs_as_built`: no wrappers, subclasses or hooks) and in evaluation mode, its
     parameters in that dtype (or float32 under autocast)."""
-    if not (_ONEDNN_FUSION and _fusion_enabled and x.device.type == "cpu" and not capturing_graph()
+    # capturing_graph first: under torch.fx, x is a Proxy whose device cannot be compared.
+    if not (_ONEDNN_FUSION and _fusion_enabled and not capturing_graph() and x.device.type == "cpu"
             and not block.training):
         return False
     dtype = compute_dtype(x)
@@ -200,53 +201,43 @@ def _pooled_reduction(attn: SpatialReductionAttention, x: torch.Tensor, height: 
 
 
 def _conv_ffn(ffn: ConvFFN, x: torch.Tensor, height: int, width: int, residual: torch.Tensor) -> torch.Tensor:
-    images, rows = band_shape(ffn, x.shape[0], height, width, x.dtype)
-    if images < x.shape[0] or rows < height:
-        return _conv_ffn_in_bands(ffn, x, height, width, residual, images, rows)
-    hidden = _linear(ffn.fc1, x, "relu" if ffn.linear else "none")
-    hidden = _conv_gelu_tokens(ffn.dwconv.dwconv, tokens_to_image(hidden, height, width))
-    return _linear_add(ffn.fc2, hidden, residual)
-
-
-def _conv_ffn_in_bands(
-    ffn: ConvFFN, x: torch.Tensor, height: int, width: int, residual: torch.Tensor, images: int, rows: int
-) -> torch.Tensor:
-    """:func:`_conv_ffn` in bands of ``images`` x ``rows``, for the reasons of ``FFN_BAND_BYTES``."""
-    activation = "relu" if ffn.linear else "none"
+    """``residual + ffn(x)`` a band of ``band_shape`` images x rows at a time (one band when it fits)."""
     batch, _, dim = x.shape
-    conv = ffn.dwconv.dwconv
-    halo = conv.padding[0]
+    images, rows = band_shape(ffn, batch, height, width, x.dtype)
     x, residual = x.view(batch, height, width, dim), residual.view(batch, height, width, dim)
+    if images >= batch and rows >= height:
+        return _conv_ffn_band(ffn, x, residual, 0, 0).flatten(1, 2)
+    halo = ffn.dwconv.dwconv.padding[0]
     out = torch.empty_like(residual)
     for first in range(0, batch, images):
         last = first + images
         for top in range(0, height, rows):
             bottom = min(height, top + rows)
-            # fc1 on the band and its halo rows; the conv's zero padding of the halo's outer rows
-            # only reaches output rows outside the band, which are dropped.
+            # fc1 on the band and its halo rows; the conv's zero padding of the halo's outer rows only
+            # reaches output rows outside the band, which are dropped.
             low, high = max(0, top - halo), min(height, bottom + halo)
-            hidden = _linear(ffn.fc1, x[first:last, low:high], activation).permute(0, 3, 1, 2)
-            hidden = _conv_gelu_tokens(conv, hidden).unflatten(1, (high - low, width))
-            out[first:last, top:bottom] = _linear_add(
-                ffn.fc2, hidden[:, top - low:bottom - low], residual[first:last, top:bottom]
-            )
+            out[first:last, top:bottom] = _conv_ffn_band(ffn, x[first:last, low:high], residual[first:last, top:bottom],
+                                                         top - low, high - bottom)
     return out.flatten(1, 2)
 
 
+def _conv_ffn_band(ffn: ConvFFN, x: torch.Tensor, residual: torch.Tensor, above: int, below: int) -> torch.Tensor:
+    """``residual + ffn(x)`` on a band of rows (B, rows, W, C) with ``above`` and ``below`` halo rows of ``x``
+    that ``residual`` and the result (B, rows - halo, W, C) leave out."""
+    hidden = _linear(ffn.fc1, x, "relu" if ffn.linear else "none").permute(0, 3, 1, 2)
+    hidden = _conv_gelu_tokens(ffn.dwconv.dwconv, hidden).unflatten(1, x.shape[1:3])
+    return _linear_add(ffn.fc2, hidden[:, above:hidden.shape[1] - below], residual)
+
+
 def _mlp(mlp: Mlp, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + mlp(x)``, ``FFN_BAND_BYTES`` of hidden activations at a time (no halo: each token is on its
+    own here)."""
     chunk = max(1, FFN_BAND_BYTES // (mlp.fc1.out_features * x.dtype.itemsize))
-    if chunk < x.shape[0] * x.shape[1]:
-        return _mlp_in_chunks(mlp, x, residual, chunk)
-    return _linear_add(mlp.fc2, _linear(mlp.fc1, x, "gelu"), residual)
-
-
-def _mlp_in_chunks(mlp: Mlp, x: torch.Tensor, residual: torch.Tensor, chunk: int) -> torch.Tensor:
-    """:func:`_mlp` ``chunk`` tokens at a time, for the reasons of ``FFN_BAND_BYTES`` (no halo: each token
-    is on its own here)."""
     tokens, residual_tokens = x.flatten(0, 1), residual.flatten(0, 1)
+    if chunk >= tokens.shape[0]:
+        return _linear_add(mlp.fc2, _linear(mlp.fc1, x, "gelu"), residual)
     out = torch.empty_like(residual_tokens)
     for start in range(0, tokens.shape[0], chunk):
         end = start + chunk
-        hidden = _linear(mlp.fc1, tokens[start:end], "gelu")
-        out[start:end] = _linear_add(mlp.fc2, hidden, residual_tokens[start:end])
+        out[start:end] = _linear_add(mlp.fc2, _linear(mlp.fc1, tokens[start:end], "gelu"), residual_tokens[start:end])
     return out.view_as(residual)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from . import fast_path
-from .export import capturing_graph
+from .capture import capturing_graph
 
 _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _enabled = True
@@ -78,11 +78,11 @@ def _applies_to_input(x: torch.Tensor) -> bool:
     return (
         _ONEDNN_LINEAR
         and _enabled
+        and not capturing_graph()  # first: under torch.fx, x is a Proxy whose device cannot be compared
         and torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
-        and not capturing_graph()
         # torch.func's transforms wrap tensors (vmap has no batching rule for oneDNN's op): F.linear there.
         and not torch._C._functorch.is_functorch_wrapped_tensor(x)
     )

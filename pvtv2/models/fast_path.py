@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.modules import module as nn_module
 from torchvision.ops import StochasticDepth
 
-from .export import ExportableAdaptiveAvgPool2d
+from .capture import ExportableAdaptiveAvgPool2d
 from .layers import Block, ConvFFN, DepthwiseConv, Mlp, SpatialReductionAttention
 
 # Each submodule of a Block as its constructor builds it, by name: the exact classes the fast paths read

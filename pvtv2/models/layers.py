@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.ops import StochasticDepth
 
 from ..errors import InputError
-from .export import ExportableAdaptiveAvgPool2d
+from .capture import ExportableAdaptiveAvgPool2d
 
 # The official release and timm use PyTorch's default eps in the patch-embedding and
 # spatial-reduction norms, and 1e-6 in the block and stage norms.

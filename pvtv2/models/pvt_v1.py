@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .export import capturing_graph
+from .capture import capturing_graph
 from .layers import BLOCK_NORM_EPS, PatchEmbed
 from .pyramid import NUM_STAGES, PyramidVisionTransformerBase, stage_grid_sizes
 from .registry import register_family

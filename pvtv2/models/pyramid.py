@@ -145,6 +145,8 @@ class PyramidVisionTransformerBase(nn.Module):
         return getattr(self, f"block{stage + 1}")
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+            return  # a torch.fx Proxy has no sizes to check
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise InputError(
                 f"expected images of shape (batch, {self.in_chans}, height, width), got {tuple(x.shape)}"

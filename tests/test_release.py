@@ -1,0 +1,139 @@
+"""Release files of the dense tasks, whatever the detector: config texts read without running them, MMDetection's
+FPN names, the table of released files, their cache and the error for one not imported yet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pvtv2.cli.main import main
+from pvtv2.detection.release import neck_to_ours, neck_to_release
+from pvtv2.engine.release import (
+    ReleaseFileError,
+    is_release_layout,
+    parse_config_text,
+    read_config_file,
+    released_cache_path,
+    released_models,
+    resolve_checkpoint,
+)
+
+PRETTY_TEXT = """
+model = dict(
+    type='RetinaNet',
+    backbone=dict(type='pvt_v2_b0', style='pytorch'),
+    neck=dict(type='FPN', in_channels=[32, 64, 160, 256], out_channels=256, start_level=1, num_outs=5),
+    test_cfg=dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5),
+                  max_per_img=100))
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+data_root = 'data/coco/'
+data = dict(test=dict(ann_file=data_root + 'annotations/instances_val2017.json',
+                      pipeline=[dict(type='Normalize', **img_norm_cfg), dict(type='Pad', size_divisor=32)]))
+stages = [dict(type='DIIHead', index=i) for i in range(3)]
+lr_steps = (80000 // 2, -1)
+"""
+
+
+def test_config_text_is_read_without_running_it() -> None:
+    config = parse_config_text(PRETTY_TEXT)
+    assert config["model"]["type"] == "RetinaNet" and config["model"]["backbone"]["type"] == "pvt_v2_b0"
+    assert config["model"]["test_cfg"]["nms"]["iou_threshold"] == 0.5
+    assert config["data"]["test"]["ann_file"] == "data/coco/annotations/instances_val2017.json"
+    assert config["data"]["test"]["pipeline"][0] == dict(type="Normalize", mean=[123.675, 116.28, 103.53],
+                                                          std=[58.395, 57.12, 57.375], to_rgb=True)
+    assert [s["index"] for s in config["stages"]] == [0, 1, 2] and config["lr_steps"] == (40000, -1)
+
+
+@pytest.mark.parametrize("text", [
+    "model = __import__('os').system('touch {marker}')",
+    "model = open('{marker}', 'w')",
+    "model = [open('{marker}', 'w') for f in range(3)]",
+    "model = dict(type=unknown_name)",
+    "for i in range(3):\n    model = open('{marker}', 'w')",
+])
+def test_code_in_a_config_text_is_refused_not_run(text: str, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    with pytest.raises(ReleaseFileError, match="line 1"):
+        parse_config_text(text.format(marker=marker), "the test's config")
+    assert not marker.exists()
+
+
+def test_imports_and_bare_expressions_are_skipped_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    config = parse_config_text(f"import os\nos.system('touch {marker}')\nmodel = dict(type='GFL')\n")
+    assert config == {"model": {"type": "GFL"}} and not marker.exists()
+
+
+def test_config_files_merge_their_bases_as_mmcv(tmp_path: Path) -> None:
+    (tmp_path / "_base_").mkdir()
+    (tmp_path / "_base_" / "model.py").write_text(
+        "model = dict(type='RetinaNet', backbone=dict(type='ResNet', depth=50), test_cfg=dict(score_thr=0.05))\n"
+        "optimizer = dict(type='SGD', lr=0.01, momentum=0.9)\n")
+    (tmp_path / "config.py").write_text(
+        "_base_ = ['_base_/model.py']\n"
+        "model = dict(backbone=dict(type='pvt_v2_b0'), test_cfg=dict(max_per_img=100))\n"
+        "optimizer = dict(_delete_=True, type='AdamW', lr=0.0001)\n")
+    config = read_config_file(tmp_path / "config.py")
+    assert config["model"] == dict(type="RetinaNet", backbone=dict(type="pvt_v2_b0", depth=50),
+                                   test_cfg=dict(score_thr=0.05, max_per_img=100))
+    assert config["optimizer"] == dict(type="AdamW", lr=0.0001)  # replaced, not merged
+    with pytest.raises(ReleaseFileError, match="does not exist"):
+        read_config_file(tmp_path / "missing.py")
+
+
+def test_fpn_weights_round_trip_through_mmdetection_names() -> None:
+    ours = {"backbone.fpn.inner_blocks.0.0.weight": torch.randn(2, 3, 1, 1),
+            "backbone.fpn.layer_blocks.2.0.bias": torch.randn(2),
+            "backbone.fpn.extra_blocks.p6.weight": torch.randn(2, 2, 3, 3),
+            "backbone.fpn.extra_blocks.p7.bias": torch.randn(2)}
+    release = neck_to_release(ours, levels=3)
+    assert sorted(release) == ["neck.fpn_convs.2.conv.bias", "neck.fpn_convs.3.conv.weight",
+                               "neck.fpn_convs.4.conv.bias", "neck.lateral_convs.0.conv.weight"]
+    back = neck_to_ours(release, levels=3)
+    assert back.keys() == ours.keys() and all(back[k] is ours[k] for k in ours)
+    with pytest.raises(ReleaseFileError, match="neck.fpn_convs.9.conv.weight"):
+        neck_to_ours({"neck.fpn_convs.9.conv.weight": torch.zeros(1)}, levels=3, source="x.pth")
+
+
+def test_release_layout_is_told_from_ours_and_from_classifiers() -> None:
+    release = {"state_dict": {"backbone.patch_embed1.proj.weight": torch.zeros(1), "bbox_head.retina_cls.weight": 0},
+               "meta": {}}
+    assert is_release_layout(release)
+    assert not is_release_layout({**release, "pvtv2_train_checkpoint": 2})
+    assert not is_release_layout({"patch_embed1.proj.weight": torch.zeros(1), "head.weight": torch.zeros(1)})
+
+
+def test_released_files_table() -> None:
+    released = released_models()
+    detection = [r for r in released.values() if r.task == "detection"]
+    segmentation = [r for r in released.values() if r.task == "segmentation"]
+    # Table 3's RetinaNet and Mask R-CNN for every backbone (RetinaNet PVT-Small twice: 640 and 800 px), Table 4's four
+    # detectors with B2 and B2-Li, Semantic FPN with PVTv1.
+    assert len(detection) == 31 and len(segmentation) == 4
+    assert released["gfl_pvt_v2_b2_fpn_3x_mstrain_fp16"].box_AP == 50.2
+    assert released["mask_rcnn_pvt_v2_b0_fpn_1x_coco"].published == "box AP 38.2, mask AP 36.2"
+    assert {r.model for r in detection} == {"retinanet", "mask_rcnn", "atss", "gfl", "cascade_mask_rcnn", "sparse_rcnn"}
+    assert all(r.page or r.note for r in released.values())
+
+
+def test_a_released_name_finds_its_cached_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PVT_HOME", str(tmp_path))
+    name = "retinanet_pvt_v2_b0_fpn_1x_coco"
+    with pytest.raises(ReleaseFileError, match=f"not in the cache yet: download it from https://drive.*{name} FILE"):
+        resolve_checkpoint(name)
+    released_cache_path(name).parent.mkdir(parents=True)
+    released_cache_path(name).write_bytes(b"")
+    assert resolve_checkpoint(name) == tmp_path / "released" / f"{name}.pth"
+    assert resolve_checkpoint(tmp_path / "other.pth") == tmp_path / "other.pth"  # any other path as it is
+
+
+def test_weights_list_shows_released_detectors_and_segmenters(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["weights", "list", "--task", "detection", "gfl_*"]) == 0
+    out = capsys.readouterr().out
+    assert "gfl_pvt_v2_b2_fpn_3x_mstrain_fp16" in out and "box AP 50.2" in out and "drive.google.com" in out
+    assert "retinanet" not in out
+    assert main(["weights", "list", "--task", "segmentation"]) == 0
+    assert "mIoU 36.6 (paper 35.7)" in capsys.readouterr().out
+    assert main(["weights", "list", "--task", "detection", "nothing_*"]) == 2
