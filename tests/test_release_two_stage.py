@@ -144,9 +144,13 @@ def test_key_map_is_exact_both_ways(kind: str) -> None:
 
 
 def test_release_config_test_cfg_is_read() -> None:
-    """The official test_cfg gives the builder's options; settings this package does not run are refused."""
+    """The official test_cfg gives the builder's options; settings this package does not run are refused;
+    the ``gpu_ids = range(0, 8)`` the official train.py stores in every file is read."""
     layout = detector_spec("cascade_mask_rcnn").release
-    model = parse_config_text(f"model = dict(type='CascadeRCNN', test_cfg={layout.test_cfg!r})")["model"]
+    config = parse_config_text(f"model = dict(type='CascadeRCNN', test_cfg={layout.test_cfg!r})\n"
+                               "gpu_ids = range(0, 8)\n")
+    model = config["model"]
+    assert config["gpu_ids"] == range(0, 8)
     assert layout.test_options(model) == dict(
         rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000, rpn_nms_thresh=0.7, rpn_min_box_size=0,
         box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100)
@@ -168,6 +172,17 @@ def test_torchvision_layout_predictors_load_with_the_same_outputs() -> None:
     torch.testing.assert_close(scores, old_scores)
     torch.testing.assert_close(deltas[:, 4:], old_deltas[:, 4:])  # torchvision never reads the background's
     torch.testing.assert_close(mask(mask_features)[:, 1:], old_mask(mask_features)[:, 1:])
+
+
+@pytest.mark.parametrize("kind", TWO_STAGE)
+def test_an_image_without_proposals_has_no_detections(kind: str) -> None:
+    """No proposal survives the RPN (every box of zero size): no detections, no error."""
+    model = build_detector(kind, BACKBONE, num_classes=3, fpn_channels=16, box_head_channels=32,
+                           mask_head_channels=16, min_size=64, max_size=64, rpn_min_box_size=1e6).eval()
+    with torch.no_grad():
+        (output,) = model([torch.rand(3, 64, 64)])
+    assert {k: tuple(v.shape) for k, v in output.items()} == dict(boxes=(0, 4), labels=(0,), scores=(0,),
+                                                                 masks=(0, 1, 64, 64))
 
 
 @pytest.mark.parametrize("kind", TWO_STAGE)

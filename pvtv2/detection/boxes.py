@@ -35,13 +35,13 @@ class DeltaXYWHCoder(BoxCoder):
     def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
         """Boxes (N, 4k) from deltas (N, 4k) of ``boxes`` (N, 4), each group of 4 for one class."""
         boxes = boxes.to(rel_codes.dtype)
-        deltas = rel_codes.reshape(len(rel_codes), -1, 4) * rel_codes.new_tensor(self.stds)  # (N, k, 4)
+        deltas = rel_codes.unflatten(1, (-1, 4)) * rel_codes.new_tensor(self.stds)  # (N, k, 4)
         centres = ((boxes[:, :2] + boxes[:, 2:]) * 0.5)[:, None]  # (N, 1, 2)
         sizes = (boxes[:, 2:] - boxes[:, :2])[:, None]
         new_centres = centres + sizes * deltas[..., :2]
         new_sizes = sizes * deltas[..., 2:].clamp(min=-MAX_LOG_RATIO, max=MAX_LOG_RATIO).exp()
         decoded = torch.cat([new_centres - new_sizes * 0.5, new_centres + new_sizes * 0.5], dim=-1)
-        return decoded.reshape(len(rel_codes), -1)
+        return decoded.flatten(1)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:

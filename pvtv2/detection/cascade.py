@@ -137,7 +137,7 @@ class CascadeRoIHeads(StandardRoIHeads):
     def stage_boxes(self, stage: int, deltas: Tensor, rois: Tensor, labels: Tensor) -> Tensor:
         """Stage ``stage``'s boxes decoded from its deltas for class ``labels`` of each RoI (N, 4), in float
         (fp16 would round 1000-pixel coordinates)."""
-        per_class = deltas.reshape(len(rois), -1, 4)
+        per_class = deltas.unflatten(1, (-1, 4))
         picked = per_class[torch.arange(len(rois), device=rois.device), labels]
         return self.stage_coders[stage].decode_single(picked.float(), rois.float())
 

@@ -111,8 +111,8 @@ class StandardRoIHeads(RoIHeads):
         ``multiclass_nms``; ``box_regression`` in torchvision's layout (background first)."""
         num_rois = len(class_logits)
         scores = F.softmax(class_logits.float(), dim=-1)[:, 1:]  # (N, K): the classes, not the background
-        deltas = box_regression.float().reshape(num_rois, -1, 4)[:, 1:].reshape(num_rois, -1)
-        boxes = self.box_coder.decode_single(deltas, torch.cat(proposals).float()).reshape(num_rois, -1, 4)
+        deltas = box_regression.float().unflatten(1, (-1, 4))[:, 1:].flatten(1)
+        boxes = self.box_coder.decode_single(deltas, torch.cat(proposals).float()).unflatten(1, (-1, 4))
         all_boxes, all_scores, all_labels = [], [], []
         for image_boxes, image_scores, shape in zip(boxes.split([len(p) for p in proposals]),
                                                      scores.split([len(p) for p in proposals]), image_shapes):
