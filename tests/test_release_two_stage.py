@@ -272,3 +272,7 @@ def test_det_predict_gives_mmdetections_detections(kind: str, photo: str, releas
     comparison = oracle.compare_detections(ours, theirs)
     print(f"{kind} {photo}: {comparison}")
     assert comparison.n_top >= 50 and comparison.matched >= 0.95 and comparison.count_close, comparison.unmatched[:5]
+    # Beyond the criteria: the same weights give the same numbers to float noise (box IoU 0.99997 and score
+    # differences of 1e-5 at worst here); a score within that noise of 0.05 may leave one out.
+    exact = oracle.compare_detections(ours, theirs, iou_thr=0.999, score_tol=1e-4)
+    assert exact.matched >= 0.98, exact.unmatched[:5]
