@@ -11,7 +11,6 @@ is given by an MMDetection config file (``--config``).
 from __future__ import annotations
 
 import copy
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field

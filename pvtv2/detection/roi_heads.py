@@ -109,7 +109,6 @@ class StandardRoIHeads(RoIHeads):
                                image_shapes: list[tuple[int, int]]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Each image's boxes, scores and labels (1..K) as MMDetection's ``BBoxHead.predict_by_feat`` with
         ``multiclass_nms``; ``box_regression`` in torchvision's layout (background first)."""
-        num_rois = len(class_logits)
         scores = F.softmax(class_logits.float(), dim=-1)[:, 1:]  # (N, K): the classes, not the background
         deltas = box_regression.float().unflatten(1, (-1, 4))[:, 1:].flatten(1)
         boxes = self.box_coder.decode_single(deltas, torch.cat(proposals).float()).unflatten(1, (-1, 4))
