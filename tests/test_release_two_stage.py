@@ -33,7 +33,7 @@ from pvtv2.engine.release import ReleaseFileError, parse_config_text
 from pvtv2.engine.training_state import FORMAT_KEY, FORMAT_VERSION, check_optimizer_state
 from pvtv2.models.loading import CheckpointError
 
-from . import mmcv_ops
+from . import oracle
 
 TWO_STAGE = ("mask_rcnn", "cascade_mask_rcnn")
 BACKBONE = "pvt_v2_b0"  # the oracle's Mask R-CNN; the cascade was released with B2, B0 keeps the test quick
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mmdet() -> None:
-    mmcv_ops.install()
+    oracle.install_mmcv_ops_shim()
     from mmdet.utils import register_all_modules
 
     register_all_modules(init_default_scope=False)
