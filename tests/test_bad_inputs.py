@@ -237,7 +237,7 @@ UNFIT_PICTURES = {  # command line (IMAGE: the picture), picture size (width, he
     "predict, a 60000:1 strip": (["predict", "IMAGE", "--checkpoint", "CLASSIFIER"], (60000, 1),
                                  ["60000x1", "89478485 pixels", "aspect ratio of at most"]),
     "det-predict, 150:1": (["det-predict", "IMAGE", "--checkpoint", "DETECTOR", "--out", "@out.png", "--device", "cpu"],
-                           (3000, 20), ["3000x20", "64x0", "at least 29 pixels", "aspect ratio of at most 2.2:1"]),
+                           (3000, 20), ["3000x20", "64x1", "at least 29 pixels", "aspect ratio of at most 2.2:1"]),
     "show predictions, 150:1": (["show", "predictions", "IMAGE", "--detection", "DETECTOR", "--out", "@out.png",
                                  "--device", "cpu"], (3000, 20), ["3000x20", "at least 29 pixels"]),
     "seg-predict, 150:1": (["seg-predict", "IMAGE", "--checkpoint", "SEGMENTER", "--out", "@out.png", "--device", "cpu"],

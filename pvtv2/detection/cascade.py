@@ -8,13 +8,16 @@ regression trained with GIoU (weight 10) on the decoded boxes, softmax cross-ent
 512 RoIs at 25% positives with the ground truth added, and its losses are weighted 1 / 0.5 / 0.25; the boxes it
 refines (detached, ground-truth proposals removed) are the next stage's proposals.
 
-At test the proposals are refined by stages 1 and 2 with their best foreground class, the three stages' class
-logits on the last stage's RoIs are averaged (MMDetection averages ``cls_score`` before the softmax), the boxes
-come from the last stage's regression, and the mask probabilities of the three mask heads are averaged
-(MMDetection's ``merge_aug_masks`` over stages).
+At test, as MMDetection's ``CascadeRoIHead.predict``: the proposals are refined by stages 1 and 2, each RoI by
+the deltas of its best foreground class (``regress_by_class`` of the arg-max of that stage's logits) and
+clipped to the image; the final scores are the softmax of the three stages' logits on the last stage's RoIs
+summed and divided by 3, the boxes come from the last stage's regression and are post-processed as Mask
+R-CNN's (:class:`~pvtv2.detection.roi_heads.StandardRoIHeads`), and the masks are the mean of the three mask
+heads' sigmoid masks (MMDetection's ``merge_aug_masks`` over stages).
 
-Everything is torchvision's (RoIHeads' sampling and post-processing, Matcher, BoxCoder, the Mask R-CNN mask
-loss and inference, ``generalized_box_iou_loss``, ``roi_align``, through the aligned pooler of
+Everything else is Mask R-CNN's (:mod:`pvtv2.detection.rpn`, :mod:`pvtv2.detection.roi_heads`: the class
+layout, assignment and post-processing) and torchvision's (RoIHeads' sampling and ground-truth proposals, the
+Mask R-CNN mask loss and inference, ``generalized_box_iou_loss``, ``roi_align`` through the aligned pooler of
 :mod:`pvtv2.detection.roi_align`) except the stage loop, which torchvision lacks.
 """
 
@@ -26,18 +29,24 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection._utils import BoxCoder, Matcher
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
 from torchvision.ops import box_iou, clip_boxes_to_image, generalized_box_iou_loss
 
 from ..errors import InputError
-from .mask_rcnn import ANCHOR_SIZES, dummy_rois, rpn_anchors, two_stage_options
+from .assigners import MaxIoUMatcher
+from .boxes import DeltaXYWHCoder
+from .key_map import KeyMap, KeyRule
+from .mask_rcnn import (RPN_RULES, TEST_CFG, dummy_rois, predictor_rules, release_layout, split_options,
+                        two_stage_options)
 from .neck import PyramidBackboneWithFPN, max_pooled_p6
 from .roi_align import ADAPTIVE_SAMPLING, FPN_LEVELS, AlignedMultiScaleRoIAlign
+from .roi_heads import BoxPredictor, MaskPredictor, StandardRoIHeads
+from .rpn import ANCHOR_SIZES, build_rpn
 from .spec import BuildSettings, DetectorSpec
+from .transform import DetectionTransform
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_LOSS_WEIGHTS = (1.0, 0.5, 0.25)
@@ -47,10 +56,10 @@ BOX_HEAD_CONVS = 4
 MASK_HEAD_CONVS = 4
 
 
-class CascadeRoIHeads(RoIHeads):
-    """Cascade R-CNN's box stages and one mask head per stage, on torchvision's RoIHeads (its sampler, gt
-    proposals and post-processing); ``box_head``, ``box_predictor``, ``mask_head`` and ``mask_predictor``
-    are ModuleLists with one entry per stage."""
+class CascadeRoIHeads(StandardRoIHeads):
+    """Cascade R-CNN's box stages and one mask head per stage, on Mask R-CNN's RoI heads (torchvision's
+    sampler and ground-truth proposals, MMDetection's post-processing); ``box_head``, ``box_predictor``,
+    ``mask_head`` and ``mask_predictor`` are ModuleLists with one entry per stage."""
 
     def __init__(
         self,
@@ -75,40 +84,29 @@ class CascadeRoIHeads(RoIHeads):
         box_heads = nn.ModuleList(
             FastRCNNConvFCHead((fpn_channels, 7, 7), [fpn_channels] * BOX_HEAD_CONVS, [box_head_channels],
                                norm_layer=nn.BatchNorm2d) for _ in stages)
-        box_predictors = nn.ModuleList(FastRCNNPredictor(box_head_channels, num_classes + 1) for _ in stages)
+        box_predictors = nn.ModuleList(BoxPredictor(box_head_channels, num_classes) for _ in stages)
         mask_heads = nn.ModuleList(MaskRCNNHeads(fpn_channels, (mask_head_channels,) * MASK_HEAD_CONVS, 1)
                                    for _ in stages)
-        mask_predictors = nn.ModuleList(MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes + 1)
+        mask_predictors = nn.ModuleList(MaskPredictor(mask_head_channels, mask_head_channels, num_classes)
                                         for _ in stages)
-        last_coder_weights = tuple(1 / s for s in stage_box_stds[-1])
+        # The post-processing decodes with the last stage's stds: the final boxes are its.
         super().__init__(
             AlignedMultiScaleRoIAlign(FPN_LEVELS, 7, ADAPTIVE_SAMPLING), box_heads, box_predictors,
-            stage_ious[0], stage_ious[0], batch_size_per_image, positive_fraction, last_coder_weights,
-            score_thresh, nms_thresh, detections_per_img,
-            mask_roi_pool=AlignedMultiScaleRoIAlign(FPN_LEVELS, 14, ADAPTIVE_SAMPLING), mask_head=mask_heads,
-            mask_predictor=mask_predictors,
-        )
+            AlignedMultiScaleRoIAlign(FPN_LEVELS, 14, ADAPTIVE_SAMPLING), mask_heads, mask_predictors,
+            score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
+            batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction,
+            box_stds=stage_box_stds[-1])
         # One IoU threshold per stage, no low-quality matches (MMDetection's MaxIoUAssigner with
         # pos_iou_thr = neg_iou_thr = min_pos_iou, match_low_quality=False).
-        self.stage_matchers = [Matcher(t, t, allow_low_quality_matches=False) for t in stage_ious]
-        # MMDetection's DeltaXYWHBBoxCoder divides the deltas by the stds; torchvision's multiplies by weights.
-        self.stage_coders = [BoxCoder(tuple(1 / s for s in stds)) for stds in stage_box_stds]
+        self.stage_matchers = [MaxIoUMatcher(t, t, allow_low_quality_matches=False) for t in stage_ious]
+        self.stage_coders = [DeltaXYWHCoder(stds) for stds in stage_box_stds]
         self.stage_loss_weights = tuple(stage_loss_weights)
         self.num_stages = len(stage_ious)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """MMDetection's init of ConvFCBBoxHead: Xavier shared fc, N(0, 0.01) classifier, N(0, 0.001) regressor."""
-        for head, predictor in zip(self.box_head, self.box_predictor):
+        for head in self.box_head:  # MMDetection's ConvFCBBoxHead: Xavier shared fc (the predictors init themselves)
             for layer in head.modules():
                 if isinstance(layer, nn.Linear) and layer.weight.device.type != "meta":
                     nn.init.xavier_uniform_(layer.weight)
                     nn.init.zeros_(layer.bias)
-            if predictor.cls_score.weight.device.type != "meta":
-                nn.init.normal_(predictor.cls_score.weight, std=0.01)
-                nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
-                nn.init.zeros_(predictor.cls_score.bias)
-                nn.init.zeros_(predictor.bbox_pred.bias)
 
     def stage_targets(self, stage: int, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[
             list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
@@ -124,8 +122,8 @@ class CascadeRoIHeads(RoIHeads):
                 continue
             index = self.stage_matchers[stage](box_iou(boxes, rois))
             image_labels = target["labels"][index.clamp(min=0)].to(torch.int64)
-            image_labels[index == Matcher.BELOW_LOW_THRESHOLD] = 0
-            image_labels[index == Matcher.BETWEEN_THRESHOLDS] = -1  # none when the two thresholds are equal
+            image_labels[index == MaxIoUMatcher.BELOW_LOW_THRESHOLD] = 0
+            image_labels[index == MaxIoUMatcher.BETWEEN_THRESHOLDS] = -1  # none when the two thresholds are equal
             matched.append(index.clamp(min=0))
             labels.append(image_labels)
         keep = self.subsample(labels)
@@ -139,7 +137,7 @@ class CascadeRoIHeads(RoIHeads):
     def stage_boxes(self, stage: int, deltas: Tensor, rois: Tensor, labels: Tensor) -> Tensor:
         """Stage ``stage``'s boxes decoded from its deltas for class ``labels`` of each RoI (N, 4), in float
         (fp16 would round 1000-pixel coordinates)."""
-        per_class = deltas.reshape(len(rois), -1, 4)
+        per_class = deltas.unflatten(1, (-1, 4))
         picked = per_class[torch.arange(len(rois), device=rois.device), labels]
         return self.stage_coders[stage].decode_single(picked.float(), rois.float())
 
@@ -198,7 +196,7 @@ class CascadeRoIHeads(RoIHeads):
 
     def _test_forward(self, features: dict[str, Tensor], proposals: list[Tensor],
                       image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """Proposals refined by every stage but the last; averaged scores, last-stage boxes, averaged masks."""
+        """Proposals refined by every stage but the last; averaged logits, last-stage boxes, averaged masks."""
         rois = proposals
         stage_logits = []
         for stage in range(self.num_stages):
@@ -207,8 +205,9 @@ class CascadeRoIHeads(RoIHeads):
             stage_logits.append(class_logits.float())
             if stage + 1 < self.num_stages:
                 rois = self.refine(stage, rois, class_logits, deltas, None, image_shapes)
-        # self.box_coder is the last stage's: the boxes come from its regression, the scores from all stages.
-        boxes, scores, labels = self.postprocess_detections(torch.stack(stage_logits).mean(0), deltas.float(),
+        # self.box_coder is the last stage's: the boxes come from its regression, the scores from all stages
+        # (their logits summed, then divided: MMDetection's order of operations).
+        boxes, scores, labels = self.postprocess_detections(sum(stage_logits) / len(stage_logits), deltas.float(),
                                                             [r.float() for r in rois], image_shapes)
         detections = [dict(boxes=b, labels=lab, scores=s) for b, s, lab in zip(boxes, scores, labels)]
         pooled = self.mask_roi_pool(features, boxes, image_shapes)
@@ -219,30 +218,15 @@ class CascadeRoIHeads(RoIHeads):
         return detections
 
 
-# MaskRCNN's keywords for its RoIHeads, which the cascade's heads take instead (torchvision name: ours).
-CASCADE_ROI_KWARGS = {"box_score_thresh": "score_thresh", "box_nms_thresh": "nms_thresh",
-                      "box_detections_per_img": "detections_per_img",
-                      "box_batch_size_per_image": "batch_size_per_image", "box_positive_fraction": "positive_fraction"}
-
-
-def build_cascade_mask_rcnn(neck: PyramidBackboneWithFPN, settings: BuildSettings, **kwargs: Any) -> MaskRCNN:
-    """torchvision's MaskRCNN (transform, RPN) on ``neck`` with its RoI heads replaced by the cascade's;
-    ``kwargs`` as Mask R-CNN's (its RoI heads' go to :class:`CascadeRoIHeads`)."""
-    heads_kwargs = {ours: kwargs.pop(theirs) for theirs, ours in CASCADE_ROI_KWARGS.items() if theirs in kwargs}
-    for name in ("box_fg_iou_thresh", "box_bg_iou_thresh", "bbox_reg_weights"):
-        if name in kwargs:  # per stage in the cascade: the module constants above
-            raise InputError(f"{name} does not apply to cascade_mask_rcnn, whose stages have their own")
+def build_cascade_mask_rcnn(neck: PyramidBackboneWithFPN, settings: BuildSettings,
+                            **options: Any) -> GeneralizedRCNN:
+    """Cascade Mask R-CNN on ``neck``: Mask R-CNN's RPN and the cascade's RoI heads; ``options`` as Mask
+    R-CNN's (:data:`~pvtv2.detection.mask_rcnn.RPN_OPTIONS`, :data:`~pvtv2.detection.mask_rcnn.ROI_OPTIONS`)."""
+    rpn_options, roi_options = split_options(options, "cascade_mask_rcnn")
     heads = CascadeRoIHeads(settings.fpn_channels, settings.num_classes, box_head_channels=settings.box_head_channels,
-                            mask_head_channels=settings.mask_head_channels, **heads_kwargs)
-    # MaskRCNN is given the first stage's modules so that it builds no default heads; they are then
-    # replaced by the whole cascade, which holds them.
-    detector = MaskRCNN(neck, rpn_anchor_generator=rpn_anchors(settings), box_roi_pool=heads.box_roi_pool,
-                        box_head=heads.box_head[0], box_predictor=heads.box_predictor[0],
-                        mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head[0],
-                        mask_predictor=heads.mask_predictor[0], min_size=settings.min_size,
-                        max_size=settings.max_size, **kwargs)
-    detector.roi_heads = heads
-    return detector
+                            mask_head_channels=settings.mask_head_channels, **roi_options)
+    return GeneralizedRCNN(neck, build_rpn(settings.fpn_channels, settings.anchor_sizes, **rpn_options), heads,
+                           DetectionTransform(settings.min_size, settings.max_size))
 
 
 def cascade_flops_forward(detector: nn.Module, images: Tensor) -> None:
@@ -254,8 +238,24 @@ def cascade_flops_forward(detector: nn.Module, images: Tensor) -> None:
         heads.mask_predictor[stage](heads.mask_head[stage](mask_rois))
 
 
+# ConvFCBBoxHead(num_shared_convs=4, num_shared_fcs=1, norm_cfg=SyncBN): ConvModules of a conv (no bias) and
+# "bn", then one fc; our FastRCNNConvFCHead holds them as 0-3 (conv, norm, ReLU), 4 Flatten, 5 the fc.
+KEY_MAP = KeyMap("Cascade Mask R-CNN", (
+    *RPN_RULES,
+    KeyRule("roi_heads.box_head.{s}.{i}.0.{p}", "roi_head.bbox_head.{s}.shared_convs.{i}.conv.{p}"),
+    KeyRule("roi_heads.box_head.{s}.{i}.1.{p}", "roi_head.bbox_head.{s}.shared_convs.{i}.bn.{p}"),
+    KeyRule(f"roi_heads.box_head.{{s}}.{BOX_HEAD_CONVS + 1}.{{p}}", "roi_head.bbox_head.{s}.shared_fcs.0.{p}"),
+    *predictor_rules("{s}."),
+))
+# The official test_cfg (configs/_base_/models/cascade_mask_rcnn_pvtv2_b2_fpn.py): Mask R-CNN's, with the 2.x
+# RPN keys nms_across_levels and nms_post (max_per_img is what MMDetection 2.13 and 3.x keep).
+CASCADE_TEST_CFG = dict(rpn=dict(nms_across_levels=False, nms_pre=1000, nms_post=1000, max_per_img=1000,
+                                 nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+                        rcnn=dict(TEST_CFG["rcnn"]))
+
 SPEC = DetectorSpec(
     name="cascade_mask_rcnn", title="Cascade Mask R-CNN", family="two-stage", with_masks=True,
     feature_levels=(0, 1, 2, 3), extra_levels=max_pooled_p6, anchor_sizes=ANCHOR_SIZES, build=build_cascade_mask_rcnn,
     config_options=two_stage_options, flops_forward=cascade_flops_forward, paper=(4, None),
+    release=release_layout("CascadeRCNN", KEY_MAP, "roi_head.bbox_head.0.fc_cls.weight", CASCADE_TEST_CFG),
 )

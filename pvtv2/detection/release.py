@@ -10,6 +10,7 @@ is given by an MMDetection config file (``--config``).
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -98,7 +99,7 @@ def write_release_file(path: str, state_dict: Mapping[str, torch.Tensor], spec: 
                        detections_per_img: int | None = None) -> None:
     """A release-layout file of our detector: its weights, ``CLASSES`` and a config naming the detector, the
     backbone, the official test settings and the test scale (what this module reads back)."""
-    test_cfg = dict(spec.release.test_cfg)
+    test_cfg = copy.deepcopy(dict(spec.release.test_cfg))  # the spec's own stays as it is
     if detections_per_img is not None:
         _set_max_per_img(test_cfg, detections_per_img)
     text = "\n".join([

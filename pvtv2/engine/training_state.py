@@ -162,10 +162,26 @@ def resume(
             ema.load_state_dict(state["ema"])
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(f"checkpoint {path} does not fit this run's model or optimizer: {error}") from error
+    check_optimizer_state(model, optimizer, path)
     scheduler.load_state_dict(state["scheduler"])
     step.load_state_dict(state["scaler"])
     restore_rng(state["rng"], env, seed + state[progress_key])
     return path, state
+
+
+def check_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, path: str | Path) -> None:
+    """Refuse optimizer moments of another shape than their parameter (a model whose layout changed since the
+    checkpoint; its weights may still load converted), which torch loads without a word and fails on later."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise CheckpointError(
+                        f"checkpoint {path} holds optimizer state {key!r} of shape {tuple(value.shape)} for "
+                        f"{names.get(id(param), 'a parameter')} of shape {tuple(param.shape)}: it was written for an "
+                        f"older layout of the model and cannot be resumed (its weights may still load for evaluation "
+                        f"and prediction)")
 
 
 def check_compatible(state: Mapping[str, Any], path: str | Path, model_name: str, class_names: list[str]) -> None:

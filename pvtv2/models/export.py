@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import EnvironmentProblem
+
 # Smallest side the exported graphs accept: PVTv1's bilinear position-embedding resize needs a grid
 # of at least 2x2 tokens at stride 32; one bound for all models keeps the contract simple.
 MIN_EXPORT_SIDE = 64
