@@ -2,8 +2,9 @@
 
 Fast: anchors equal to MMDetection's ``AnchorGenerator``'s; RetinaNet's loss equal to ``RetinaHead.loss_by_feat``
 on the same weights and targets (normalised by the batch's positives); the release head key maps both ways, the
-release keys loading strictly into MMDetection's heads and giving their outputs; the release test settings; old
-det-train RetinaNet checkpoints (K + 1 class channels) loading with their classes 1..K.
+release keys loading strictly into MMDetection's heads (giving their outputs) and whole detectors; the release test
+settings; old det-train RetinaNet checkpoints (K + 1 class channels) loading with their classes 1..K. (Box decoding
+and batched NMS against MMDetection's: tests/test_release_two_stage.py.)
 Slow: ``pvt det-predict --json`` on a release-layout file against MMDetection's detections, on an 800x1216 photo
 and on a 427x640 one that the pipeline resizes.
 """
@@ -25,7 +26,6 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 
 from pvtv2.cli.main import main
 from pvtv2.detection import build_detector
-from pvtv2.detection.box_coder import DeltaXYWHCoder
 from pvtv2.detection.config import DetectionConfig
 from pvtv2.detection.model import build_from_config
 from pvtv2.detection.predict import detect, load_detector
@@ -70,24 +70,6 @@ def test_anchors_are_mmdetections(kind: str) -> None:
     (ours,) = model.anchor_generator(ImageList(torch.zeros(1, 3, 800, 1216), [(800, 1216)]), features)
     assert ours.shape == theirs.shape == (sum(h * w for h, w in FPN_SIZES) * (9 if kind == "retinanet" else 1), 4)
     assert torch.equal(ours, theirs)
-
-
-@pytest.mark.parametrize("stds", [(1.0, 1.0, 1.0, 1.0), (0.1, 0.1, 0.2, 0.2)], ids=["retinanet", "atss"])
-def test_box_decoding_is_mmdetections(stds: tuple[float, ...]) -> None:
-    """DeltaXYWHCoder's boxes are MMDetection's delta2bbox's, with the size deltas clamped on both sides (deltas
-    of +-20 after the stds) and none at all (a level without candidates)."""
-    oracle._import_mmdet()
-    from mmdet.models.task_modules.coders.delta_xywh_bbox_coder import delta2bbox
-
-    torch.manual_seed(0)
-    anchors = torch.rand(200, 2) * 800
-    anchors = torch.cat([anchors, anchors + torch.rand(200, 2) * 300 + 1], dim=1)
-    deltas = torch.randn(200, 4) * 3
-    deltas[:10, 2:] = 20 / torch.tensor(stds[2:]) * torch.tensor([[1.0, -1.0]])
-    coder = DeltaXYWHCoder(stds)
-    torch.testing.assert_close(coder.decode_single(deltas, anchors), delta2bbox(anchors, deltas, stds=stds),
-                               rtol=1e-5, atol=1e-4)
-    assert coder.decode_single(deltas[:0], anchors[:0]).shape == (0, 4)
 
 
 def test_retinanet_loss_is_mmdetections() -> None:

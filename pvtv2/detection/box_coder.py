@@ -26,7 +26,7 @@ class DeltaXYWHCoder(BoxCoder):
         # torchvision divides the size codes by their weights and clamps the result from above only: bound
         # the codes from below so that the divided deltas are at least -bbox_xform_clip.
         size_weights = torch.tensor(self.weights[2:], dtype=rel_codes.dtype, device=rel_codes.device)
-        codes = rel_codes.reshape(rel_codes.shape[0], rel_codes.shape[1] // 4, 4)  # explicit: no rows is fine
+        codes = rel_codes.reshape(rel_codes.shape[0], -1, 4)
         sizes = torch.maximum(codes[..., 2:], -self.bbox_xform_clip * size_weights)
         codes = torch.cat([codes[..., :2], sizes], dim=-1).reshape(rel_codes.shape)
         return super().decode_single(codes, boxes)

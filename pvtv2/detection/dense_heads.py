@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import Conv2dNormActivation, box_iou, clip_boxes_to_image, generalized_box_iou_loss, nms
+from torchvision.ops import Conv2dNormActivation, box_iou, clip_boxes_to_image, generalized_box_iou_loss
 from torchvision.ops import sigmoid_focal_loss
 
 from ..engine.config import ConfigError
@@ -49,10 +49,11 @@ from ..engine.release import ReleaseFileError
 from ..errors import InputError
 from .anchors import FPN_STRIDES, LevelAnchorGenerator
 from .assigners import atss_assign
-from .box_coder import DeltaXYWHCoder
+from .boxes import DeltaXYWHCoder, batched_nms
+from .key_map import KeyMap, KeyRule
 from .losses import boxes_to_distances, distances_to_boxes, distribution_focal_loss, integral, quality_focal_loss
 from .neck import PyramidBackboneWithFPN, p6p7_from_p5
-from .spec import BuildSettings, DetectorSpec, KeyMap, ReleaseLayout
+from .spec import BuildSettings, DetectorSpec, ReleaseLayout
 from .transform import DetectionTransform, to_original_pixels
 
 GROUP_NORM_GROUPS = 32  # the head towers' GroupNorm(32), as MMDetection's
@@ -205,22 +206,10 @@ class DenseDetector(nn.Module, ABC):
                 sizes = image_boxes[:, 2:] - image_boxes[:, :2]
                 valid = (sizes > self.min_box_size).all(dim=1)
                 image_boxes, image_scores, image_classes = image_boxes[valid], image_scores[valid], image_classes[valid]
-            keep = class_wise_nms(image_boxes, image_scores, image_classes, self.nms_thresh)[:self.detections_per_img]
+            keep = batched_nms(image_boxes, image_scores, image_classes, self.nms_thresh)[:self.detections_per_img]
             detections.append({"boxes": image_boxes[keep], "scores": image_scores[keep],
                                "labels": image_classes[keep] + 1})
         return detections
-
-
-def class_wise_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_threshold: float
-                   ) -> torch.Tensor:
-    """Indices kept by NMS within each class, best first, as mmcv's ``batched_nms`` for fewer than its
-    ``split_thr`` (10,000) boxes: one NMS of the boxes shifted apart by ``class x (largest coordinate + 1)``."""
-    # torchvision's batched_nms shifts the same way up to 1,000 boxes on the CPU and then runs one NMS per class,
-    # which rounds the IoUs differently from mmcv's shifted boxes: ties at the threshold would go another way.
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    offsets = classes.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
 def dense_flops_forward(detector: nn.Module, images: torch.Tensor) -> None:
@@ -396,9 +385,9 @@ def build_gfl(neck: PyramidBackboneWithFPN, settings: BuildSettings, **kwargs) -
 
 
 # -- release files (MMDetection 2.x names) ------------------------------------------------------------------------
-def tower_key_pairs() -> list[tuple[str, str]]:
+def tower_key_rules() -> list[KeyRule]:
     """Our head towers' keys (Conv2dNormActivation: conv 0, GroupNorm 1) and MMDetection's ConvModule's."""
-    return [(f"head.{tower}_convs.{{i}}.{ours}.", f"bbox_head.{tower}_convs.{{i}}.{theirs}.")
+    return [KeyRule(f"head.{tower}_convs.{{i}}.{ours}.{{p}}", f"bbox_head.{tower}_convs.{{i}}.{theirs}.{{p}}")
             for tower in ("cls", "reg") for ours, theirs in (("0", "conv"), ("1", "gn"))]
 
 
@@ -409,7 +398,7 @@ _INTEGRAL_KEY = "bbox_head.integral.project"  # GFLHead's Integral buffer, linsp
 def _head_to_ours(keys: KeyMap, head: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     scales = {int(match[1]): value for key, value in head.items() if (match := _SCALE_KEY.match(key))}
     if sorted(scales) != list(range(len(FPN_STRIDES))):
-        raise ReleaseFileError(f"its {keys.what} has scales for levels {sorted(scales)}, "
+        raise ReleaseFileError(f"its MMDetection {keys.title} head has scales for levels {sorted(scales)}, "
                                f"expected 0-{len(FPN_STRIDES) - 1}")
     rest = {key: value for key, value in head.items() if not _SCALE_KEY.match(key) and key != _INTEGRAL_KEY}
     return {**keys.to_ours(rest), "head.scales": torch.stack([scales[i].reshape(()) for i in range(len(scales))])}
@@ -434,10 +423,10 @@ def dense_test_cfg(iou_threshold: float) -> dict[str, Any]:
                 max_per_img=100)
 
 
-def _dense_layout(mmdet_type: str, head_type: str, prefix: str, extra: Sequence[tuple[str, str]],
+def _dense_layout(mmdet_type: str, prefix: str, extra: Sequence[KeyRule],
                   fixed: Mapping[str, torch.Tensor] | None = None) -> ReleaseLayout:
-    keys = KeyMap([*tower_key_pairs(), ("head.cls_logits.", f"bbox_head.{prefix}_cls."),
-                   ("head.bbox_reg.", f"bbox_head.{prefix}_reg."), *extra], f"MMDetection's {head_type}")
+    keys = KeyMap(mmdet_type, [*tower_key_rules(), KeyRule("head.cls_logits.{p}", f"bbox_head.{prefix}_cls.{{p}}"),
+                               KeyRule("head.bbox_reg.{p}", f"bbox_head.{prefix}_reg.{{p}}"), *extra])
     return ReleaseLayout(
         mmdet_type=mmdet_type,
         recognise=lambda names: any(name.startswith(f"bbox_head.{prefix}_cls.") for name in names),
@@ -450,8 +439,8 @@ def _dense_layout(mmdet_type: str, head_type: str, prefix: str, extra: Sequence[
     )
 
 
-ATSS_RELEASE = _dense_layout("ATSS", "ATSSHead", "atss", [("head.centerness.", "bbox_head.atss_centerness.")])
-GFL_RELEASE = _dense_layout("GFL", "GFLHead", "gfl", [],
+ATSS_RELEASE = _dense_layout("ATSS", "atss", [KeyRule("head.centerness.{p}", "bbox_head.atss_centerness.{p}")])
+GFL_RELEASE = _dense_layout("GFL", "gfl", [],
                             {_INTEGRAL_KEY: torch.linspace(0, GFL_REG_MAX, GFL_REG_MAX + 1)})
 
 

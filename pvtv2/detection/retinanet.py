@@ -25,11 +25,12 @@ from torchvision.ops import box_iou, clip_boxes_to_image, sigmoid_focal_loss
 from ..engine.release import ReleaseFileError
 from .anchors import LevelAnchorGenerator
 from .assigners import MaxIoUMatcher
-from .box_coder import DeltaXYWHCoder
+from .boxes import DeltaXYWHCoder
 from .dense_heads import (FOCAL_ALPHA, FOCAL_GAMMA, DenseDetector, channels_of, dense_flops_forward, dense_test_cfg,
                           dense_test_options, positive_matches)
 from .neck import PyramidBackboneWithFPN, p6p7_from_c5
-from .spec import BuildSettings, DetectorSpec, KeyMap, ReleaseLayout
+from .key_map import KeyMap, KeyRule
+from .spec import BuildSettings, DetectorSpec, ReleaseLayout
 
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 SCALES_PER_OCTAVE = 3
@@ -97,12 +98,12 @@ def build_retinanet(neck: PyramidBackboneWithFPN, settings: BuildSettings, **kwa
 
 
 # -- release files: MMDetection 2.x's RetinaHead names ------------------------------------------------------------
-RELEASE_KEYS = KeyMap([
-    ("head.classification_head.conv.{i}.0.", "bbox_head.cls_convs.{i}.conv."),
-    ("head.regression_head.conv.{i}.0.", "bbox_head.reg_convs.{i}.conv."),
-    ("head.classification_head.cls_logits.", "bbox_head.retina_cls."),
-    ("head.regression_head.bbox_reg.", "bbox_head.retina_reg."),
-], "MMDetection's RetinaHead")
+RELEASE_KEYS = KeyMap("RetinaNet", [
+    KeyRule("head.classification_head.conv.{i}.0.{p}", "bbox_head.cls_convs.{i}.conv.{p}"),
+    KeyRule("head.regression_head.conv.{i}.0.{p}", "bbox_head.reg_convs.{i}.conv.{p}"),
+    KeyRule("head.classification_head.cls_logits.{p}", "bbox_head.retina_cls.{p}"),
+    KeyRule("head.regression_head.bbox_reg.{p}", "bbox_head.retina_reg.{p}"),
+])
 
 
 def _release_classes(head: Mapping[str, torch.Tensor]) -> int:

@@ -7,15 +7,12 @@ the official release files all read the spec, so a detector is added or changed 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
-
-from ..engine.release import ReleaseFileError
 
 if TYPE_CHECKING:
     from .config import DetModelConfig
@@ -37,39 +34,6 @@ class BuildSettings:
     mask_head_channels: int = 256
     min_size: tuple[int, ...] = (800,)
     max_size: int = 1333
-
-
-class KeyMap:
-    """Renames between our state dict keys and a release file's, for heads whose weights differ only in name:
-    ``pairs`` of key prefixes (ours, the release's), ``{i}`` standing for a layer index in both."""
-
-    def __init__(self, pairs: Sequence[tuple[str, str]], what: str) -> None:
-        self.what = what  # the release's module, for messages: "MMDetection's RetinaHead"
-        self._pairs = [(_prefix_pattern(ours), release, _prefix_pattern(release), ours) for ours, release in pairs]
-
-    def to_release(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Our keys in the release's names (every key must have a pair)."""
-        return self._rename(state, 0, lambda key: ValueError(f"{key} has no name in {self.what}"))
-
-    def to_ours(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The release's keys in our names; a key with no pair is a :class:`ReleaseFileError`."""
-        return self._rename(state, 2, lambda key: ReleaseFileError(f"{key} is not a weight of {self.what}"))
-
-    def _rename(self, state: Mapping[str, torch.Tensor], side: int, error: Callable[[str], Exception]
-                ) -> dict[str, torch.Tensor]:
-        out = {}
-        for key, value in state.items():
-            for pair in self._pairs:
-                if match := pair[side].match(key):
-                    out[pair[side + 1].format(**match.groupdict()) + key[match.end():]] = value
-                    break
-            else:
-                raise error(key)
-        return out
-
-
-def _prefix_pattern(template: str) -> re.Pattern[str]:
-    return re.compile(re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)"))
 
 
 @dataclass(frozen=True)
