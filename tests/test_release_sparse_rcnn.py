@@ -22,7 +22,7 @@ from PIL import Image
 
 from pvtv2.cli.main import main
 from pvtv2.detection import build_detector
-from pvtv2.detection.box_coder import DeltaXYWHCoder
+from pvtv2.detection.boxes import DeltaXYWHCoder
 from pvtv2.detection.registry import detector_spec
 from pvtv2.detection.release import from_release, to_release
 from pvtv2.detection.sparse_rcnn import BOX_STDS

@@ -23,7 +23,7 @@ of this module (:data:`RELEASE_STAGE_NAMES`), and predict as MMDetection 3.3 doe
 
 torchvision supplies the FPN, RoIAlign (MMDetection's ``aligned=True``, sampling 2,
 :mod:`pvtv2.detection.roi_align`), ``nn.MultiheadAttention``, the box coder (with MMDetection's clamp,
-:mod:`pvtv2.detection.box_coder`), ``sigmoid_focal_loss``,
+:mod:`pvtv2.detection.boxes`), ``sigmoid_focal_loss``,
 ``generalized_box_iou(_loss)``; scipy the assignment. Written here is what no library has: the dynamic
 convolution, the stage head and the matching costs.
 """
@@ -43,7 +43,7 @@ from ..engine.config import ConfigError
 from ..engine.distributed import mean_over_processes
 from ..engine.release import ReleaseFileError, config_value
 from ..errors import InputError
-from .box_coder import DeltaXYWHCoder
+from .boxes import DeltaXYWHCoder
 from .neck import PyramidBackboneWithFPN, no_extra_levels
 from .roi_align import FPN_LEVELS, AlignedMultiScaleRoIAlign
 from .spec import BuildSettings, DetectorSpec, ReleaseLayout

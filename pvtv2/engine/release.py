@@ -198,12 +198,12 @@ def release_backbone(state: Mapping[str, torch.Tensor], named: str | None, sourc
     """The model whose dense backbone (``features_only=True``: the official detection and segmentation one)
     ``state`` (keys without ``backbone.``) is: the one the config names (``named``), checked, or the only one
     that fits; ``hint`` ends the error where none or several fit."""
+    if named is not None and named in list_models() and _fits(state, named):
+        return named  # the common case, checked without building every other model's shapes
     fitting = [name for name in list_models() if _fits(state, name)]
     if named is not None:
-        if named not in fitting:
-            raise ReleaseFileError(f"{source}: its backbone weights are not those of {named}, which its config names"
-                                   + (f"; they fit {', '.join(fitting)}" if fitting else ""))
-        return named
+        raise ReleaseFileError(f"{source}: its backbone weights are not those of {named}, which its config names"
+                               + (f"; they fit {', '.join(fitting)}" if fitting else ""))
     if len(fitting) != 1:
         raise ReleaseFileError(f"{source}: its backbone weights fit {' and '.join(fitting) or 'none'} of the models; "
                                f"{hint}")
