@@ -1,10 +1,12 @@
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from pvtv2.data.shapes import write_coco_shapes
+
+from . import oracle
 
 DETECTION_SCENE_SIZE = 64  # the tiny detectors' scenes (each detection test module's SIZE)
 
@@ -29,3 +31,22 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 training and 4 held-out generated 64-pixel COCO-format scenes for the detection tests (read only)."""
     return write_coco_shapes(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=4, size=DETECTION_SCENE_SIZE,
                              seed=1, max_objects=3)
+
+
+@pytest.fixture(scope="session")
+def released(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], oracle.Released]:
+    """``released(kind, backbone)``: MMDetection's model of the official config, its release-layout file and its
+    detections, made once per session (:class:`tests.oracle.Released`)."""
+    made: dict[tuple[str, str], oracle.Released] = {}
+
+    def get(kind: str, backbone: str) -> oracle.Released:
+        if (kind, backbone) not in made:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # see one_thread
+            try:
+                made[kind, backbone] = oracle.Released(kind, backbone, tmp_path_factory.mktemp(kind))
+            finally:
+                torch.set_num_threads(threads)
+        return made[kind, backbone]
+
+    return get

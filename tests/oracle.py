@@ -1448,3 +1448,32 @@ def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One model per (kind, backbone) for the whole test session
+# ----------------------------------------------------------------------------------------------------------------
+
+# The tests' photos by name: kept as it is by the test pipeline, and resized by it.
+PHOTO_SIZES: dict[str, tuple[int, int] | None] = {"800x1216": (800, 1216), "427x640": None}
+
+
+class Released:
+    """An MMDetection 3.3 model of an official config (``build_mmdet_model``), its release-layout file, and its
+    detections on each test photo, each made once: building and calibrating takes 15-50 s on one core and a
+    detection 5-20 s, and the oracle's self-tests and the release tests of every detector share them."""
+
+    def __init__(self, kind: str, backbone: str, folder: Path) -> None:
+        self.kind, self.backbone = kind, backbone
+        self.model = build_mmdet_model(kind, backbone)
+        self.path = release_checkpoint(self.model, kind, backbone, folder / f"{config_name(kind, backbone)}.pth")
+        self._detections: dict[str, dict[str, Any]] = {}
+
+    def photo(self, name: str) -> np.ndarray:
+        return test_photo(PHOTO_SIZES[name])
+
+    def detections(self, name: str) -> dict[str, Any]:
+        """MMDetection's detections on test photo ``name`` (:data:`PHOTO_SIZES`)."""
+        if name not in self._detections:
+            self._detections[name] = mmdet_detect(self.model, self.photo(name))
+        return self._detections[name]

@@ -22,8 +22,9 @@ from tests import oracle
 
 mmdet = pytest.importorskip("mmdet", reason="the oracle needs MMDetection 3.3 (the test extra)")
 
-# PVT_ORACLE_BACKBONE=pvt_v2_b0 runs the B2 releases' heads on PVTv2-B0 (a few times faster).
-SMALL_BACKBONE = os.environ.get("PVT_ORACLE_BACKBONE")
+# The B2 releases' heads run on PVTv2-B0 (a few times faster, and the release tests' models); PVT_ORACLE_BACKBONE=
+# pvt_v2_b2 runs them on the released backbone.
+RELEASED_B2 = os.environ.get("PVT_ORACLE_BACKBONE", "pvt_v2_b0")
 
 
 @pytest.fixture(autouse=True)
@@ -308,15 +309,15 @@ def test_compare_detections() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", params=sorted(oracle.DETECTORS))
-def detector(request: pytest.FixtureRequest, one_thread: None) -> Iterator[dict[str, Any]]:
+def detector(request: pytest.FixtureRequest, released, one_thread: None) -> Iterator[dict[str, Any]]:
+    """The session's model of each release (the release tests' too): B2 releases on B0 unless
+    PVT_ORACLE_BACKBONE=pvt_v2_b2, which builds the released backbone."""
     release = oracle.DETECTORS[request.param]
-    backbone = release.backbone
-    if SMALL_BACKBONE and backbone == "pvt_v2_b2":
-        backbone = SMALL_BACKBONE
-    model = oracle.build_mmdet_model(release.kind, backbone)
-    photos = [oracle.test_photo((800, 1216)), oracle.test_photo()]
-    yield dict(kind=release.kind, backbone=backbone, model=model, photo=photos[0], photos=photos,
-               detections=[oracle.mmdet_detect(model, p) for p in photos])
+    backbone = release.backbone if release.backbone != "pvt_v2_b2" else RELEASED_B2
+    made = released(release.kind, backbone)
+    names = list(oracle.PHOTO_SIZES)
+    yield dict(kind=release.kind, backbone=backbone, model=made.model, photo=made.photo(names[0]),
+               photos=[made.photo(n) for n in names], detections=[made.detections(n) for n in names])
 
 
 @pytest.mark.slow
@@ -387,9 +388,9 @@ def test_detector_release_file(detector: dict[str, Any], tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_build_is_deterministic() -> None:
-    a = oracle.build_mmdet_model("retinanet", "pvt_v2_b0", seed=3).state_dict()
-    b = oracle.build_mmdet_model("retinanet", "pvt_v2_b0", seed=3).state_dict()
+def test_build_is_deterministic(released) -> None:
+    a = released("retinanet", "pvt_v2_b0").model.state_dict()  # the session's, built with seed 0
+    b = oracle.build_mmdet_model("retinanet", "pvt_v2_b0", seed=0).state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -137,3 +137,33 @@ def test_weights_list_shows_released_detectors_and_segmenters(capsys: pytest.Cap
     assert main(["weights", "list", "--task", "segmentation"]) == 0
     assert "mIoU 36.6 (paper 35.7)" in capsys.readouterr().out
     assert main(["weights", "list", "--task", "detection", "nothing_*"]) == 2
+
+
+@pytest.mark.slow
+def test_convert_a_release_detector_both_ways(released, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``pvt convert --to pvtv2`` makes a det-train checkpoint that predicts what the release file does;
+    ``--to mmdet`` writes it back in the release layout, every tensor as it was."""
+    import json
+
+    from PIL import Image
+
+    from . import oracle
+
+    release = released("retinanet", "pvt_v2_b0")
+    ours, back = tmp_path / "ours.pth", tmp_path / "back.pth"
+    assert main(["convert", str(release.path), str(ours), "--to", "pvtv2"]) == 0
+    assert main(["convert", str(ours), str(back), "--to", "mmdet"]) == 0
+    original = torch.load(release.path, weights_only=True)["state_dict"]
+    written = torch.load(back, weights_only=True)
+    assert written["state_dict"].keys() == original.keys()
+    assert all(torch.equal(written["state_dict"][k], original[k]) for k in original)
+    assert written["meta"]["CLASSES"] == oracle.coco_classes()
+    image = tmp_path / "photo.png"
+    Image.fromarray(release.photo("427x640")).save(image)
+    outputs = []
+    for checkpoint in (release.path, ours, back):
+        capsys.readouterr()
+        assert main(["det-predict", str(image), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out.png"),
+                     "--score-threshold", "0.05", "--json", "--device", "cpu"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["detections"])
+    assert len(outputs[0]) > 10 and outputs[0] == outputs[1] == outputs[2]

@@ -12,8 +12,6 @@ and on a 427x640 one that the pipeline resizes.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -203,33 +201,23 @@ def test_old_retinanet_checkpoint_loads_with_its_classes(tmp_path: Path) -> None
 RELEASES = [("retinanet", "pvt_v2_b0"), ("retinanet", "pvt_tiny"), ("atss", "pvt_v2_b0"), ("gfl", "pvt_v2_b0")]
 
 
-@pytest.fixture(scope="module", params=RELEASES, ids=["/".join(r) for r in RELEASES])
-def release(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-            one_thread: None) -> Iterator[dict[str, Any]]:
-    """An MMDetection 3.3 model of the official config (random weights, ~75 detections above 0.05) and its
-    release-layout file."""
-    kind, backbone = request.param
-    model = oracle.build_mmdet_model(kind, backbone)
-    path = oracle.release_checkpoint(model, kind, backbone, tmp_path_factory.mktemp(kind) / "release.pth")
-    yield dict(model=model, path=path)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("size", [(800, 1216), None], ids=["800x1216", "427x640"])
-def test_det_predict_gives_mmdetections_detections(release: dict[str, Any], size: tuple[int, int] | None,
+@pytest.mark.parametrize("photo", oracle.PHOTO_SIZES)
+@pytest.mark.parametrize("kind_backbone", RELEASES, ids=["/".join(r) for r in RELEASES])
+def test_det_predict_gives_mmdetections_detections(kind_backbone: tuple[str, str], photo: str, released,
                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``pvt det-predict IMAGE --checkpoint RELEASE --score-threshold 0.05 --json`` against MMDetection's
     detections at the same threshold (ATSS's scores are times its centerness after MMDetection's threshold, so
     it returns some below 0.05): of its top 100 at least 95% matched by class, box IoU >= 0.98 and score within
     0.01, and as many above 0.05 within 5%. (Measured: all matched, scores within 2e-5, boxes within 1e-3 px.)"""
-    photo = oracle.test_photo(size)
+    release = released(*kind_backbone)
     image = tmp_path / "photo.png"
-    Image.fromarray(photo).save(image)
-    theirs = oracle.mmdet_detect(release["model"], photo)
+    Image.fromarray(release.photo(photo)).save(image)
+    theirs = release.detections(photo)
     kept = theirs["scores"] >= SCORE_THRESHOLD
     theirs = {k: v[kept] for k, v in theirs.items() if isinstance(v, np.ndarray)}
     capsys.readouterr()
-    assert main(["det-predict", str(image), "--checkpoint", str(release["path"]), "--out", str(tmp_path / "out.png"),
+    assert main(["det-predict", str(image), "--checkpoint", str(release.path), "--out", str(tmp_path / "out.png"),
                  "--score-threshold", str(SCORE_THRESHOLD), "--json", "--device", "cpu"]) == 0
     detections = json.loads(capsys.readouterr().out)["detections"]
     classes = oracle.coco_classes()

@@ -38,7 +38,7 @@ def _one_thread(one_thread: None) -> None:
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[torch.nn.Module, Path]]:
+def released_segmenter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[torch.nn.Module, Path]]:
     """MMSegmentation's Semantic FPN of the official PVT-Tiny config (random weights, logits spread over the
     classes) and its release file, named as the released one."""
     model = oracle.build_mmseg_semantic_fpn(BACKBONE)
@@ -48,11 +48,11 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[torch.n
 
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [(512, 768), None], ids=["kept-512x768", "resized-aligned-427x640"])
-def test_seg_predict_gives_mmsegmentations_label_map(released: tuple[torch.nn.Module, Path], size: tuple[int, int] | None,
+def test_seg_predict_gives_mmsegmentations_label_map(released_segmenter: tuple[torch.nn.Module, Path], size: tuple[int, int] | None,
                                                      tmp_path: Path) -> None:
     """>= 99.5% of the pixels get MMSegmentation's class, on a label map of many classes. 512x768 passes
     AlignResize unchanged; 427x640 is rescaled to 512x767, then aligned to 512x768."""
-    model, path = released
+    model, path = released_segmenter
     image = oracle.test_photo(size)
     theirs = oracle.mmseg_segment(model, image)
     photo, labels = tmp_path / "photo.png", tmp_path / "labels.png"
@@ -66,11 +66,11 @@ def test_seg_predict_gives_mmsegmentations_label_map(released: tuple[torch.nn.Mo
 
 
 @pytest.mark.slow
-def test_release_file_round_trips_and_loads_strictly_into_mmsegmentation(released: tuple[torch.nn.Module, Path]) -> None:
+def test_release_file_round_trips_and_loads_strictly_into_mmsegmentation(released_segmenter: tuple[torch.nn.Module, Path]) -> None:
     """Release file -> our Semantic FPN's state dict -> release layout: the same keys and tensors; those
     outside the backbone load with strict keys into MMSegmentation's model; the backbone, classes, palette and
     test settings are the file's."""
-    model, path = released
+    model, path = released_segmenter
     release = from_release(read_release(path))
     classes, palette = oracle.ade20k_classes_and_palette()
     assert release.backbone == BACKBONE and release.class_names == tuple(c.strip() for c in classes)
@@ -87,10 +87,10 @@ def test_release_file_round_trips_and_loads_strictly_into_mmsegmentation(release
 
 
 @pytest.mark.slow
-def test_convert_to_a_seg_train_checkpoint_and_back(released: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
+def test_convert_to_a_seg_train_checkpoint_and_back(released_segmenter: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
     """pvt convert --to pvtv2 gives a seg-train checkpoint with the release's classes, palette and test
     settings; --to mmseg writes it back as the same release weights, classes and palette."""
-    _, path = released
+    _, path = released_segmenter
     ours, back = tmp_path / "ours.pth", tmp_path / "back.pth"
     assert main(["convert", str(path), str(ours), "--to", "pvtv2"]) == 0
     loaded = load_segmenter(ours)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +41,10 @@ def _one_thread(one_thread: None) -> None:
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[torch.nn.Module, Path]]:
+def sparse(released) -> oracle.Released:
     """MMDetection's Sparse R-CNN of the official config (random weights calibrated to ~75 detections above
-    0.05) and its release-layout file."""
-    model = oracle.build_mmdet_model("sparse_rcnn", BACKBONE)
-    path = oracle.release_checkpoint(model, "sparse_rcnn", BACKBONE, tmp_path_factory.mktemp("sparse") / "sparse.pth")
-    yield model, path
+    0.05), its release-layout file and its detections."""
+    return released("sparse_rcnn", BACKBONE)
 
 
 def _det_predict(path: Path, image: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
@@ -88,15 +85,13 @@ def _compare(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[float, oracl
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size", [(800, 1216), None], ids=["kept-800x1216", "resized-427x640"])
-def test_det_predict_gives_mmdetections_detections(released: tuple[torch.nn.Module, Path], size: tuple[int, int] | None,
+@pytest.mark.parametrize("photo", oracle.PHOTO_SIZES)
+def test_det_predict_gives_mmdetections_detections(sparse: oracle.Released, photo: str,
                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Of MMDetection's top 100 (above 0.05): >= 95% matched by class, box IoU >= 0.98 and score within 0.01;
     the counts above 0.05 within 5%; 50-100 of them, so that the comparison means something."""
-    model, path = released
-    image = oracle.test_photo(size)
-    theirs = oracle.mmdet_detect(model, image)
-    ours = _det_predict(path, image, tmp_path, capsys)
+    image, theirs = sparse.photo(photo), sparse.detections(photo)
+    ours = _det_predict(sparse.path, image, tmp_path, capsys)
     matched, comparison, lines, worst = _compare(ours, theirs)
     count_theirs = int((theirs["scores"] > SCORE_THRESHOLD).sum())
     assert 50 <= count_theirs <= 100
@@ -109,11 +104,11 @@ def test_det_predict_gives_mmdetections_detections(released: tuple[torch.nn.Modu
 
 
 @pytest.mark.slow
-def test_release_file_round_trips_and_loads_strictly_into_mmdetection(released: tuple[torch.nn.Module, Path]) -> None:
+def test_release_file_round_trips_and_loads_strictly_into_mmdetection(sparse: oracle.Released) -> None:
     """Release file -> our detector's state dict -> release layout: the same keys and tensors; those outside
     the backbone load with strict keys into MMDetection's model (its backbone keys are its own); the test
     settings are the official config's."""
-    model, path = released
+    model, path = sparse.model, sparse.path
     release = from_release(read_release(path))
     assert (release.spec.name, release.backbone, release.class_names) == ("sparse_rcnn", BACKBONE, oracle.coco_classes())
     assert release.test_options == dict(num_proposals=300, num_stages=6, detections_per_img=300, num_heads=8,

@@ -37,7 +37,6 @@ from . import oracle
 
 TWO_STAGE = ("mask_rcnn", "cascade_mask_rcnn")
 BACKBONE = "pvt_v2_b0"  # the oracle's Mask R-CNN; the cascade was released with B2, B0 keeps the test quick
-PHOTOS = {"800x1216": (800, 1216), "427x640": None}  # kept as it is by the test pipeline / resized to 800 x 1199
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -228,35 +227,15 @@ def test_resuming_a_run_of_the_torchvision_layout_is_refused() -> None:
 
 
 # -- against MMDetection on a real photo ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def release_file(tmp_path_factory: pytest.TempPathFactory):
-    """``release_file(kind)``: a release-layout file of an MMDetection 3.3 model of the official config (random
-    weights calibrated to 50-100 detections above 0.05), and the model; made once per detector."""
-    from . import oracle
-
-    folder, made = tmp_path_factory.mktemp("two_stage_releases"), {}
-
-    def make(kind: str) -> tuple[Path, torch.nn.Module]:
-        if kind not in made:
-            model = oracle.build_mmdet_model(kind, BACKBONE)
-            made[kind] = (oracle.release_checkpoint(model, kind, BACKBONE, folder / f"{kind}.pth"), model)
-        return made[kind]
-
-    return make
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("photo", PHOTOS)
+@pytest.mark.parametrize("photo", oracle.PHOTO_SIZES)
 @pytest.mark.parametrize("kind", TWO_STAGE)
-def test_det_predict_gives_mmdetections_detections(kind: str, photo: str, release_file, tmp_path: Path,
+def test_det_predict_gives_mmdetections_detections(kind: str, photo: str, released, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 24's criteria: of MMDetection's top 100, at least 95% matched by the same class with box IoU
     >= 0.98, |score difference| <= 0.01 and mask IoU >= 0.9, and the counts above 0.05 within 5%."""
-    from . import oracle
-
-    path, model = release_file(kind)
-    image = oracle.test_photo(PHOTOS[photo])
-    theirs = oracle.mmdet_detect(model, image)
+    release = released(kind, BACKBONE)
+    path, image, theirs = release.path, release.photo(photo), release.detections(photo)
     image_path = tmp_path / f"{photo}.png"
     Image.fromarray(image).save(image_path)
     capsys.readouterr()

@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from ..models.conversion import TARGETS, check_destination, convert_checkpoint
+from ..engine.files import check_output_file
 from .common import check_output_path
 
 MODEL_TARGETS = ("mmdet", "mmseg", "pvtv2")
@@ -40,8 +41,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_destination(args.destination, args.to)
-    check_output_path(args.destination, "OUT")
+    if args.to in MODEL_TARGETS:  # a torch pickle, as the release files and our training checkpoints
+        check_output_file(args.destination, "OUT", (".pth", ".pt"), "a checkpoint", [args.source])
+    else:
+        check_destination(args.destination, args.to)
+        check_output_path(args.destination, "OUT")
     if args.to in MODEL_TARGETS:
         from ..segmentation.release import holds_segmenter
 
