@@ -167,3 +167,89 @@ def test_convert_a_release_detector_both_ways(released, tmp_path: Path, capsys: 
                      "--score-threshold", "0.05", "--json", "--device", "cpu"]) == 0
         outputs.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["detections"])
     assert len(outputs[0]) > 10 and outputs[0] == outputs[1] == outputs[2]
+
+
+def test_coco_figures_are_mmdetections_cocometric(tmp_path: Path) -> None:
+    """The same detections scored by det-eval's evaluation and by MMDetection's CocoMetric: the same box and mask
+    figures (CocoMetric prints them to 3 decimals). Made so that what CocoMetric does differently from plain
+    pycocotools decides: 130 detections of one class per image, whose true ones score lowest (maxDets 100, 300,
+    1000, not 1, 10, 100), and medium boxes around small masks (mask results scored without their box)."""
+    import json
+
+    from PIL import Image
+
+    from pvtv2.detection.data import CocoDetection
+    from pvtv2.detection.evaluate import STAT_NAMES, coco_metrics, to_coco_results
+
+    from . import oracle
+
+    oracle.install_mmcv_ops_shim()
+    from mmdet.evaluation.metrics import CocoMetric
+
+    size, objects = 200, [(1, (10, 10, 20, 20)), (1, (50, 20, 20, 20)), (2, (20, 60, 40, 40))]  # xywh
+    (tmp_path / "images").mkdir()
+    images, annotations = [], []
+    for image_id in (1, 2):
+        Image.new("RGB", (size, size)).save(tmp_path / "images" / f"{image_id}.png")
+        images.append(dict(id=image_id, file_name=f"{image_id}.png", width=size, height=size))
+        for category, (x, y, w, h) in objects:
+            annotations.append(dict(id=len(annotations) + 1, image_id=image_id, category_id=category, bbox=[x, y, w, h],
+                                    area=w * h, iscrowd=0, segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]]))
+    categories = [dict(id=1, name="square"), dict(id=2, name="big square")]
+    (tmp_path / "instances.json").write_text(json.dumps(dict(images=images, annotations=annotations,
+                                                             categories=categories)))
+    dataset = CocoDetection(tmp_path / "images", tmp_path / "instances.json", with_masks=True)
+    generator = torch.Generator().manual_seed(0)
+    ours, samples = [], []
+    for image_id in (1, 2):
+        true = torch.tensor([[x, y, x + w, y + h] for _, (x, y, w, h) in objects], dtype=torch.float32)
+        true += torch.randn(true.shape, generator=generator) * 0.5
+        # 130 wrong "square"s of 36 x 36 px in the lower right, where no object is, scoring above the true ones.
+        corners = 100 + torch.rand(130, 2, generator=generator) * 60
+        wrong = torch.cat([corners, corners + 36], dim=1)
+        boxes = torch.cat([true, wrong])
+        scores = torch.cat([torch.tensor([0.02, 0.03, 0.9]), 0.1 + 0.8 * torch.rand(130, generator=generator)])
+        labels = torch.tensor([0, 0, 1] + [0] * 130)
+        masks = torch.zeros(len(boxes), 1, size, size)
+        for mask, (x0, y0, x1, y1) in zip(masks, boxes.round().int().tolist()):
+            if x1 - x0 > 30 and y0 >= 100:  # a wrong one: a mask of a quarter of its box's area (small, box medium)
+                x0, y0, x1, y1 = (3 * x0 + x1) // 4, (3 * y0 + y1) // 4, (x0 + 3 * x1) // 4, (y0 + 3 * y1) // 4
+            mask[0, y0:y1, x0:x1] = 1.0
+        ours += to_coco_results(dict(boxes=boxes, scores=scores, labels=labels + 1, masks=masks), image_id,
+                                dataset.category_ids)
+        samples.append(dict(img_id=image_id, ori_shape=(size, size), pred_instances=dict(
+            bboxes=boxes, scores=scores, labels=labels, masks=masks[:, 0].bool())))
+    metric = CocoMetric(ann_file=str(tmp_path / "instances.json"), metric=["bbox", "segm"],
+                        outfile_prefix=str(tmp_path / "results"))
+    metric.dataset_meta = dict(classes=tuple(dataset.classes))
+    metric.process({}, samples)
+    theirs = metric.compute_metrics(metric.results)
+    figures = coco_metrics(dataset, ours, ("bbox", "segm"))
+    names = dict(AP="mAP", AP50="mAP_50", AP75="mAP_75", APs="mAP_s", APm="mAP_m", APl="mAP_l")
+    for iou_type in ("bbox", "segm"):
+        for name in STAT_NAMES:
+            assert round(figures[f"{iou_type}_{name}"], 3) == theirs[f"{iou_type}_{names[name]}"], (iou_type, name)
+
+
+@pytest.mark.slow
+def test_weights_import_checks_a_released_file_and_finds_it_by_name(released, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``pvt weights import NAME FILE`` caches a release file that is NAME's detector and backbone (refusing one
+    that is not), and ``--checkpoint NAME`` finds it afterwards, offline."""
+    from PIL import Image
+
+    monkeypatch.setenv("PVT_HOME", str(tmp_path / "cache"))
+    release = released("retinanet", "pvt_v2_b0")
+    assert main(["weights", "import", "mask_rcnn_pvt_v2_b0_fpn_1x_coco", str(release.path)]) == 2
+    assert "holds a retinanet with pvt_v2_b0, not mask_rcnn_pvt_v2_b0_fpn_1x_coco's mask_rcnn" in capsys.readouterr().err
+    assert main(["weights", "import", "retinanet_pvt_v2_b1_fpn_1x_coco", str(release.path)]) == 2
+    name = "retinanet_pvt_v2_b0_fpn_1x_coco"
+    assert main(["weights", "import", name, str(release.path)]) == 0
+    assert released_cache_path(name).read_bytes() == release.path.read_bytes()
+    assert main(["weights", "list", "--task", "detection", name]) == 0
+    assert " yes " in capsys.readouterr().out
+    image = tmp_path / "photo.png"
+    Image.fromarray(release.photo("427x640")).save(image)
+    assert main(["det-predict", str(image), "--checkpoint", name, "--out", str(tmp_path / "out.png"),
+                 "--score-threshold", "0.05", "--device", "cpu"]) == 0
