@@ -80,9 +80,10 @@ def test_pyramid_levels_equal_the_classifier_path():
     model = pvtv2.create_model("pvt_v2_b0").eval()
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
-        last = model.forward_intermediates(x)[-1]
+        final, maps = model.forward_intermediates(x)  # timm's convention: (forward_features, the stage maps)
         tokens = model.forward_features(x)
-    torch.testing.assert_close(last.flatten(2).transpose(1, 2), tokens)
+    torch.testing.assert_close(final, tokens)
+    torch.testing.assert_close(maps[-1].flatten(2).transpose(1, 2), tokens)
     torch.testing.assert_close(model.forward_head(tokens), model(x))
 
 

@@ -46,7 +46,7 @@ def test_pvt_v2_matches_timm_and_hf(name, images):
             assert relative_error(logits, timm_model(x)) < TOLERANCE, (name, size, "timm logits")
             assert relative_error(logits, hf(x).logits) < TOLERANCE, (name, size, "hf logits")
 
-            pyramid = ours.forward_intermediates(x)
+            pyramid = ours.forward_intermediates(x, intermediates_only=True)
             timm_pyramid = timm_model.forward_intermediates(x, indices=4, intermediates_only=True)
             hf_pyramid = hf(x, output_hidden_states=True).hidden_states
             for level, (mine, theirs, hfs) in enumerate(zip(pyramid, timm_pyramid, hf_pyramid)):
@@ -71,7 +71,7 @@ def test_linear_twins_match_hf(name, images):
             x = images[size]
             assert relative_error(ours(x), hf(x).logits) < TOLERANCE, (name, size, "hf logits")
             hf_pyramid = hf(x, output_hidden_states=True).hidden_states
-            for level, (mine, hfs) in enumerate(zip(ours.forward_intermediates(x), hf_pyramid)):
+            for level, (mine, hfs) in enumerate(zip(ours.forward_intermediates(x, intermediates_only=True), hf_pyramid)):
                 assert mine.shape == hfs.shape and relative_error(mine, hfs) < TOLERANCE, (name, size, "level", level)
 
 
@@ -88,7 +88,7 @@ def test_pvt_v1_matches_hf(name, images):
         with torch.no_grad():
             logits = ours(x)
             outputs = hf(x, output_hidden_states=True)
-            pyramid = ours.forward_intermediates(x)
+            pyramid = ours.forward_intermediates(x, intermediates_only=True)
         assert relative_error(logits, outputs.logits) < TOLERANCE, (name, size)
         # HF returns every block's tokens; a stage's output is its last block's, the last one normalised.
         ends = torch.tensor(depths).cumsum(0).tolist()
@@ -104,6 +104,6 @@ def test_odd_size_v1_pyramid_is_not_silently_truncated(images):
     ours = pvtv2.create_model("pvt_tiny").eval()
     with torch.no_grad():
         tokens = ours.forward_features(images[(250, 333)])
-        level4 = ours.forward_intermediates(images[(250, 333)])[-1]
+        level4 = ours.forward_intermediates(images[(250, 333)], intermediates_only=True)[-1]
     assert tokens.shape[1] == 7 * 10 + 1
     torch.testing.assert_close(level4.flatten(2).transpose(1, 2), tokens[:, 1:])

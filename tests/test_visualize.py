@@ -71,7 +71,7 @@ def test_attention_equals_softmax_of_the_captured_queries_and_keys(models, name,
     result = attention_maps(model, image, stage=stage, points=points)
     last = len(model.blocks(stage - 1)) - 1
     with torch.no_grad(), capture_attention(model, stage, [last]) as records:
-        model.forward_intermediates(image, indices=(stage - 1,))
+        model.forward_intermediates(image, indices=(stage - 1,), intermediates_only=True)
     record = records[last]
     manual = _manual_attention(record.q, record.kv, model.blocks(stage - 1)[last].attn.num_heads)[0]
     extra = record.q.shape[1] - record.height * record.width  # PVTv1's class token comes first in stage 4
@@ -137,7 +137,7 @@ def test_feature_maps_are_the_four_levels(models, name):
     pca = feature_maps(models[name], image)
     mean = feature_maps(models[name], image, "mean")
     with torch.no_grad():  # the path feature_maps takes
-        levels = models[name].forward_intermediates(image[None])
+        levels = models[name].forward_intermediates(image[None], intermediates_only=True)
     assert [p.shape for p in pca] == [(3, *level.shape[-2:]) for level in levels]
     assert [m.shape for m in mean] == [level.shape[-2:] for level in levels]
     for p, m, level in zip(pca, mean, levels):
@@ -176,7 +176,7 @@ def test_every_linear_twin_builds_runs_at_an_odd_size_and_exports_to_onnx(name, 
     assert all(block.attn.linear and block.attn.pool.output_size == 7 for s in range(4) for block in model.blocks(s))
     with torch.no_grad():
         logits = model(torch.randn(2, 3, *ODD))
-        pyramid = model.forward_intermediates(torch.randn(1, 3, *ODD))
+        pyramid = model.forward_intermediates(torch.randn(1, 3, *ODD), intermediates_only=True)
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
     assert [tuple(f.shape[-2:]) for f in pyramid] == [(math.ceil(97 / s), math.ceil(131 / s)) for s in (4, 8, 16, 32)]
     if name in BIG:

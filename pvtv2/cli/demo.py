@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         with torch.inference_mode():
             logits = model(crop)
-            pyramid = model.forward_intermediates(full)
+            pyramid = model.forward_intermediates(full, intermediates_only=True)
         seconds = time.perf_counter() - start
         levels = " ".join(f"{f.shape[1]}x{f.shape[2]}x{f.shape[3]}" for f in pyramid)
         line = f"{name:13s} logits {tuple(logits.shape)}  pyramid {levels}  ({seconds:.2f} s)"

@@ -40,6 +40,27 @@ def image_to_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).flatten(1, 2)
 
 
+class FeatureMap(nn.Module):
+    """A stage's output tokens as its feature map: (B, P + H*W, C) -> (B, C, H, W), a view, without the
+    ``num_prefix_tokens`` leading tokens (PVTv1's class token in its last stage).
+
+    No weights: a module of its own so that each stage's map is a named graph node (``feature_map1``..
+    ``feature_map4``) for torch.fx feature extraction and a point for hooks.
+    """
+
+    def __init__(self, num_prefix_tokens: int = 0) -> None:
+        super().__init__()
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if self.num_prefix_tokens:
+            x = x[:, self.num_prefix_tokens:]
+        return tokens_to_image(x, height, width)
+
+    def extra_repr(self) -> str:
+        return f"num_prefix_tokens={self.num_prefix_tokens}" if self.num_prefix_tokens else ""
+
+
 class PatchEmbed(nn.Module):
     """Strided convolution that turns an image (or feature map) into a sequence of normalised tokens."""
 

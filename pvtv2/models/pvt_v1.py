@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .capture import capturing_graph
-from .layers import BLOCK_NORM_EPS, PatchEmbed
+from .layers import BLOCK_NORM_EPS, FeatureMap, PatchEmbed
 from .pyramid import NUM_STAGES, PyramidVisionTransformerBase, stage_grid_sizes
 from .registry import register_family
 
@@ -54,6 +54,7 @@ class PyramidVisionTransformer(PyramidVisionTransformerBase):
         if not self.features_only:
             self.norm = nn.LayerNorm(embed_dims[-1], eps=BLOCK_NORM_EPS)
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[-1]))
+            self.feature_map4 = FeatureMap(num_prefix_tokens=1)  # the last stage's map leaves the class token out
         self._init_weights()
         for i in range(NUM_STAGES):
             nn.init.trunc_normal_(getattr(self, f"pos_embed{i + 1}"), std=0.02)

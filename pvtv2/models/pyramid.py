@@ -4,10 +4,12 @@ and a feature-pyramid mode for dense prediction.
 The stage modules are registered under the official release's names (``patch_embed1``, ``block1``,
 ``norm1``...), so official checkpoints load with ``strict=True``. Subclasses say how a stage embeds its
 input (:meth:`embed`), how a stage's output is normalised (:meth:`stage_norm`), and how the head pools.
+Each stage's output is also a feature map (``feature_map1``..``feature_map4``, weightless views): the next
+stage's input, the pyramid's levels, and the nodes that torch.fx feature extraction returns.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: torch.fx writes forward's annotations into the code it
+# generates, where TorchScript (scripting a traced model) needs them as types, not strings.
 import numbers
 from collections.abc import Iterator, Sequence
 from typing import Literal
@@ -18,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
 from . import cpu_inference, cpu_training
-from .layers import Block, PatchEmbed, init_weights, tokens_to_image
+from .layers import Block, FeatureMap, PatchEmbed, init_weights
 
 NUM_STAGES = 4
 
@@ -49,6 +51,20 @@ def _min_input_size(patch_embeds: Sequence[PatchEmbed], sr_ratios: Sequence[int]
     while min(g - n for g, n in zip(stage_grid_sizes(patch_embeds, side), needed)) < 0:
         side += 1
     return side
+
+
+def _stage_indices(indices: int | Sequence[int] | None) -> list[int]:
+    """timm's ``indices``: None for every stage, an int n for the last n, or stage indices (negative from the end)."""
+    if indices is None:
+        return list(range(NUM_STAGES))
+    if isinstance(indices, int):
+        if not 0 < indices <= NUM_STAGES:
+            raise InputError(f"indices as a number takes the last n of {NUM_STAGES} stages: 1..{NUM_STAGES}, got {indices}")
+        return list(range(NUM_STAGES - indices, NUM_STAGES))
+    chosen = [i + NUM_STAGES if i < 0 else i for i in indices]
+    if not chosen or any(i not in range(NUM_STAGES) for i in chosen):
+        raise InputError(f"indices must be stage indices in {-NUM_STAGES}..{NUM_STAGES - 1}, got {list(indices)}")
+    return chosen
 
 
 def _check_num_classes(num_classes: int) -> None:
@@ -111,6 +127,7 @@ class PyramidVisionTransformerBase(nn.Module):
             )
             setattr(self, f"patch_embed{i + 1}", patch_embeds[i])
             setattr(self, f"block{i + 1}", blocks)
+            setattr(self, f"feature_map{i + 1}", FeatureMap())
 
         if features_only:
             out_indices = tuple(out_indices)
@@ -118,14 +135,14 @@ class PyramidVisionTransformerBase(nn.Module):
                 raise InputError(f"out_indices must be stage indices in 0..{NUM_STAGES - 1}, got {out_indices}")
             self.out_indices = out_indices
             self.feature_info = FeatureInfo(
-                dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"block{i + 1}") for i in out_indices
+                dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"feature_map{i + 1}") for i in out_indices
             )
         else:
             self.out_indices = ()
             self.feature_info = FeatureInfo(
-                dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"block{i + 1}") for i in range(NUM_STAGES)
+                dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"feature_map{i + 1}") for i in range(NUM_STAGES)
             )
-            self.num_features = embed_dims[-1]
+            self.num_features = self.head_hidden_size = embed_dims[-1]
             self.head_drop = nn.Dropout(drop_rate)
             self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
 
@@ -158,17 +175,17 @@ class PyramidVisionTransformerBase(nn.Module):
                 f"{smallest} pixels so that each stage's spatial reduction has a full window"
             )
 
-    def iter_stages(self, x: torch.Tensor, last_stage: int = NUM_STAGES - 1) -> Iterator[tuple[torch.Tensor, int, int]]:
-        """Yield each stage's normalised tokens (B, N, C) and its grid height and width."""
+    def iter_stages(self, x: torch.Tensor, last_stage: int = NUM_STAGES - 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield each stage's output: its normalised tokens (B, N, C) and the same as a feature map (B, C, H, W),
+        a view without PVTv1's class token (:class:`~.layers.FeatureMap`), which is the next stage's input."""
         self._check_input(x)
         for i in range(last_stage + 1):
-            if i > 0:
-                x = tokens_to_image(x, height, width)
-            x, height, width = self.embed(i, x)
+            tokens, height, width = self.embed(i, x)
             for block in self.blocks(i):
-                x = self._run_block(block, x, height, width)
-            x = self.stage_norm(i, x)
-            yield x, height, width
+                tokens = self._run_block(block, tokens, height, width)
+            tokens = self.stage_norm(i, tokens)
+            x = getattr(self, f"feature_map{i + 1}")(tokens, height, width)
+            yield tokens, x
 
     def _run_block(self, block: nn.Module, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """``block(x, height, width)``: the one place that chooses between the fast paths and the modules."""
@@ -179,20 +196,39 @@ class PyramidVisionTransformerBase(nn.Module):
             return checkpoint(run, x, height, width, use_reentrant=False)
         return run(x, height, width)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] = (0, 1, 2, 3)) -> list[torch.Tensor]:
-        """Feature maps (B, C_i, H/2^(i+2), W/2^(i+2)) of the requested stages, for any input size."""
-        feats = []
-        for i, (tokens, height, width) in enumerate(self.iter_stages(x, max(indices))):
-            if i in indices:
-                spatial = tokens[:, tokens.shape[1] - height * width:]  # drops PVTv1's class token
-                feats.append(tokens_to_image(spatial, height, width))
-        return feats
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
+        """timm's feature API: the feature maps of the stages ``indices`` (all by default; an int n: the last n;
+        negative indices count from the end), (B, C_i, H/2^(i+2), W/2^(i+2)) for any input size, or
+        (B, H, W, C) with ``output_fmt="NHWC"``.
+
+        Returns ``(forward_features(x), maps)``, or the maps alone with ``intermediates_only=True``, which (as
+        ``stop_early=True`` does) stops after the last stage asked for. ``norm`` (timm: give the intermediates
+        the final norm) changes nothing here: each PVTv2 stage ends in its own norm (``norm1``..``norm4``), and
+        PVTv1's last map already is its final norm's output.
+        """
+        take = _stage_indices(indices)
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise InputError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        last = max(take) if intermediates_only or stop_early else NUM_STAGES - 1
+        maps = []
+        for i, (tokens, feature_map) in enumerate(self.iter_stages(x, last)):
+            if i in take:
+                maps.append(feature_map if output_fmt == "NCHW" else feature_map.permute(0, 2, 3, 1))
+        return maps if intermediates_only else (tokens, maps)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Last stage's normalised tokens, (B, N, C)."""
-        for x, _, _ in self.iter_stages(x):
+        for tokens, _ in self.iter_stages(x):
             pass
-        return x
+        return tokens
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=1) if self.global_pool == "avg" else x[:, 0]
@@ -203,7 +239,7 @@ class PyramidVisionTransformerBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.features_only:
-            return self.forward_intermediates(x, self.out_indices)
+            return self.forward_intermediates(x, self.out_indices, intermediates_only=True)
         return self.forward_head(self.forward_features(x))
 
     # -- the surface timm users expect ----------------------------------------------------------------
@@ -215,9 +251,12 @@ class PyramidVisionTransformerBase(nn.Module):
             raise RuntimeError("a features_only model has no classifier")
         _check_num_classes(num_classes)
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        like = next(self.parameters())  # the new head on the model's device, in its dtype and mode
+        self.head = (nn.Linear(self.num_features, num_classes, device=like.device, dtype=like.dtype)
+                     if num_classes > 0 else nn.Identity())
         if num_classes > 0:
             init_weights(self.head)
+        self.head.train(self.training)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass instead of storing its activations."""
@@ -225,3 +264,11 @@ class PyramidVisionTransformerBase(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return set()
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script(model)`` compiles: the model's torch.fx graph, plain tensor ops that hold for
+        any input size. TorchScript cannot compile the model's own Python: the stages are the official
+        top-level modules (``block1``..``block4``), reached by name in one loop that every forward mode shares,
+        and the fast paths decide in Python. The scripted module has ``forward`` only, without the input checks,
+        in the mode (train or eval) the model was in."""
+        return torch.fx.symbolic_trace(self)

@@ -222,7 +222,7 @@ def attention_maps(
     model.eval()  # no attention dropout
     try:
         with capture_attention(model, stage, None if rollout else [last]) as records:
-            model.forward_intermediates(image, indices=(index,))  # stops after the stage
+            model.forward_intermediates(image, indices=(index,), intermediates_only=True)  # stops after the stage
         record = records[last]
         grid = (record.height, record.width)
         spatial = grid[0] * grid[1]

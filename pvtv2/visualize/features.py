@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..models.pyramid import NUM_STAGES
 
 MODES = ("pca", "mean")
 
@@ -30,7 +29,7 @@ def feature_maps(model: nn.Module, image: torch.Tensor, mode: Literal["pca", "me
     training = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        levels = model.forward_intermediates(image, indices=tuple(range(NUM_STAGES)))
+        levels = model.forward_intermediates(image, intermediates_only=True)
     finally:
         for module, mode_was in training:
             module.training = mode_was
