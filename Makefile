@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+TIMM_TESTS := $(VENV)/.timm-tests
+
 .PHONY: demo test test-quick clean
 
 $(STAMP): pyproject.toml
@@ -12,14 +14,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test,demo]"
 	touch $(STAMP)
 
+# timm's own model tests (tests/test_timm_models.py runs them on our models): its wheel has no tests, so
+# unpack them from the installed version's source release into .venv/timm-<version>/tests.
+$(TIMM_TESTS): $(STAMP)
+	rm -rf $(VENV)/sdist && $(BIN)/python -m pip download --quiet --no-deps --no-binary :all: -d $(VENV)/sdist \
+		"timm==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("timm"))')"
+	tar -xzf $(VENV)/sdist/timm-*.tar.gz -C $(VENV) --wildcards '*/tests/*'
+	rm -rf $(VENV)/sdist
+	touch $(TIMM_TESTS)
+
 # The main job: train PVTv2-B0 from scratch on scikit-learn's digits, report held-out accuracy.
 demo: $(STAMP)
 	$(BIN)/python -m pvtv2 train --config configs/digits/pvt_v2_b0.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(TIMM_TESTS)
 	$(BIN)/python -m pytest -q
 
-test-quick: $(STAMP)
+test-quick: $(STAMP) $(TIMM_TESTS)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
