@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 TIMM_TESTS := $(VENV)/.timm-tests
 
-.PHONY: demo test test-quick clean
+.PHONY: demo test test-quick docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ test: $(STAMP) $(TIMM_TESTS)
 
 test-quick: $(STAMP) $(TIMM_TESTS)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The documentation (docs/, mkdocs.yml) as a site in site/; --strict fails on a broken link or a missing page.
+docs:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import mkdocs, material" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) build *.egg-info
