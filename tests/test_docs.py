@@ -31,10 +31,11 @@ INLINE_CODE = re.compile(r"`[^`\n]+`")
 class Page:
     path: Path
     prose: list[tuple[int, str]]  # (line number, text) outside code blocks
-    shell: list[tuple[int, str]]  # (line number, command) in shell code blocks, continuations joined
+    shell: list[tuple[int, str]]  # (first line number, command) in shell blocks, `\\` continuations joined
 
 
 def _read(path: Path) -> Page:
+    """A page split into its prose and the lines of its shell code blocks (fenced with ``` or ~~~)."""
     prose: list[tuple[int, str]] = []
     shell: list[tuple[int, str]] = []
     fence, language, pending, start = "", "", "", 0
@@ -60,7 +61,7 @@ def _read(path: Path) -> Page:
     return Page(path, prose, shell)
 
 
-READ = [_read(path) for path in PAGES]
+PARSED_PAGES = [_read(path) for path in PAGES]
 
 
 def _where(page: Page, number: int) -> str:
@@ -70,7 +71,7 @@ def _where(page: Page, number: int) -> str:
 def _commands() -> list[tuple[str, list[str]]]:
     """(where, the arguments after ``pvt``) for every pvt command in a shell block."""
     found = []
-    for page in READ:
+    for page in PARSED_PAGES:
         for number, line in page.shell:
             if not COMMAND.match(line.strip()):
                 continue
@@ -129,7 +130,7 @@ def _makefile_targets() -> set[str]:
 def test_make_targets_exist():
     targets = _makefile_targets()
     named = []
-    for page in READ:
+    for page in PARSED_PAGES:
         code = [(n, span) for n, text in page.prose for span in INLINE_CODE.findall(text)] + page.shell
         for number, text in code:
             named += [(_where(page, number), target) for target in re.findall(r"\bmake ([a-z][\w-]*)", text)]
@@ -145,13 +146,13 @@ def _slug(heading: str) -> str:
 
 
 def _anchors(path: Path) -> set[str]:
-    page = next(page for page in READ if page.path == path)
+    page = next(page for page in PARSED_PAGES if page.path == path)
     return {_slug(match.group(1)) for _, text in page.prose if (match := re.match(r"#{1,6}\s+(.*)", text))}
 
 
 def test_relative_links_resolve():
     broken = []
-    for page in READ:
+    for page in PARSED_PAGES:
         for number, text in page.prose:
             for target in LINK.findall(INLINE_CODE.sub("", text)):
                 if re.match(r"[a-z]+:", target):  # https:, mailto:
