@@ -31,7 +31,7 @@ INLINE_CODE = re.compile(r"`[^`\n]+`")
 class Page:
     path: Path
     prose: list[tuple[int, str]]  # (line number, text) outside code blocks
-    shell: list[tuple[int, str]]  # (first line number, command) in shell blocks, `\\` continuations joined
+    shell: list[tuple[int, str]]  # (first line number, command) in shell blocks, `\` continuations joined
 
 
 def _read(path: Path) -> Page:
