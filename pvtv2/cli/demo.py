@@ -15,12 +15,11 @@ from pathlib import Path
 import torch
 from torchvision.transforms import v2 as transforms
 
+from ..classification.complexity import paper_tables
+from ..data.images import IMAGENET_MEAN, IMAGENET_STD
+from ..engine.paper_table import all_ok, tables_text
 from ..models import create_model
-from . import table
 from .common import select_models
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -73,4 +72,6 @@ def run(args: argparse.Namespace) -> int:
             line += "  top-5 " + ", ".join(f"{i}:{p:.2f}" for p, i in zip(top5.values.tolist(), top5.indices.tolist()))
         print(line)
     print()
-    return table.run(argparse.Namespace(models=args.models, json=False, task="classification"))
+    tables = paper_tables(names)
+    print(tables_text(tables))
+    return 0 if all_ok(tables) else 1
