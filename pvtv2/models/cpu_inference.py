@@ -43,9 +43,8 @@ _bf16_copies: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
 # three trips through memory. In bands of a few MB it stays in cache and in reused heap blocks. Each band
 # recomputes fc1 on the conv's halo (one row above and below), hence the minimum band height; for inputs
 # up to 1333 px wide (detection) bands stay under 32 MB, the largest block glibc keeps for reuse.
-# Measured (benchmarks/RESULTS.md, 2 threads): faster and 2-3x less peak memory with glibc's default
-# allocator; with one that keeps freed memory (jemalloc, `pvt bench --allocator keep`) within a few % of
-# the whole tensor. 4 MiB was the best of 2-16 MiB here with either allocator.
+# The band size and what it gains in time and peak memory, with glibc's default allocator and with one that
+# keeps freed memory (`pvt bench --allocator keep`), are measured in benchmarks/RESULTS.md.
 FFN_BAND_BYTES = 4 * 1024 * 1024
 MIN_BAND_ROWS = 32  # at most 1/16 of fc1 recomputed
 
@@ -185,8 +184,8 @@ def _attend(attn: SpatialReductionAttention, q: torch.Tensor, kv: torch.Tensor) 
 
 def _bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Attention as autocast runs a plain one: both matmuls on oneDNN's bfloat16 kernels, the softmax in
-    float32. PyTorch's bfloat16 flash kernel for the CPU is 1.4-2.0x slower than that at PVT's shapes (few
-    keys: 49 for every PVTv2 stage at 224 px) on a CPU without AMX."""
+    float32. PyTorch's bfloat16 flash kernel for the CPU is slower than that at PVT's shapes (few keys: 49 for
+    every PVTv2 stage at 224 px) on a CPU without AMX (benchmarks/RESULTS.md)."""
     weights = torch.softmax((q @ k.transpose(-2, -1)).float().mul_(q.shape[-1] ** -0.5), dim=-1).to(q.dtype)
     return weights @ v
 

@@ -63,8 +63,8 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _matmul(grad, weight.t()).reshape(x.shape)
         if ctx.needs_input_grad[1]:
-            # grad^T @ x, as the product whose output has the fewer rows: measured 1.2-2.2x faster than the
-            # other orientation for these shapes (oneDNN parallelises and blocks over the output rows).
+            # grad^T @ x, as the product whose output has the fewer rows: faster than the other orientation for
+            # these shapes, as oneDNN parallelises and blocks over the output rows (benchmarks/RESULTS.md).
             if out_features <= in_features:
                 grad_weight = _matmul(grad.t(), rows.t())
             else:
