@@ -366,7 +366,7 @@ def test_a_batch_of_zero_images_gives_an_empty_output(name: str, features_only: 
     x = torch.randn(0, 3, 64, 96)
     with torch.inference_mode():
         fused = model(x)
-        with cpu_inference.unfused():
+        with cpu_inference.disabled():
             plain = model(x)
     trained = model.train()(x)
     for out in (fused, plain, trained):

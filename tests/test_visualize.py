@@ -97,7 +97,7 @@ def test_hooks_leave_the_output_unchanged(models):
     model = models["pvt_v2_b0"]
     image = torch.randn(2, 3, *ODD)
     with torch.inference_mode():
-        with cpu_inference.unfused():  # the hooked blocks run as their modules; compare with the same path
+        with cpu_inference.disabled():  # the hooked blocks run as their modules; compare with the same path
             plain = model(image)
             with capture_attention(model, 2) as records, capture_attention(model, 4):
                 hooked = model(image)

@@ -1,4 +1,7 @@
-"""pvt demo: build every model of the zoo, run it on a real photo, and print the params/GFLOPs table.
+"""pvt demo: a tour of the model zoo: build every model, run it on a real photo, print the params/GFLOPs table.
+
+Not `make demo`, which trains PVTv2-B0 from scratch on scikit-learn's digits (pvt train --config
+configs/digits/pvt_v2_b0.yaml) and reports its held-out accuracy.
 
 The photo is one of scikit-learn's bundled sample images, so the demo runs offline. Without
 ``--weights DIR`` the models are randomly initialised: the demo shows that every model builds, classifies
@@ -24,7 +27,8 @@ from .common import select_models
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="build every model, run it on a sample photo, print the table", description=__doc__,
+        "demo", help="zoo tour: build every model, run it on a sample photo, print the table (no training; "
+                "`make demo` trains B0 on the digits)", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--models", nargs="+", metavar="PATTERN", help="shell-style filters (default: all models)")

@@ -20,19 +20,21 @@ autocast modules would.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from . import fast_path
 from .capture import capturing_graph
+from .fast_path import Switch
 from .layers import Block, ConvFFN, Mlp, SpatialReductionAttention, image_to_tokens, tokens_to_image
 
 _ONEDNN_FUSION = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 ONEDNN_BF16 = _ONEDNN_FUSION and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-_fusion_enabled = True
+# Off (to run every block as its modules, e.g. to compare the two paths): set_enabled(False) or `with disabled():`.
+_switch = Switch()
+set_enabled = _switch.set_enabled
+disabled = _switch.disabled
 # id of a float32 parameter -> (a weak reference to it, its version when cast, its bfloat16 copy), for
 # autocast (see the module docstring). Keyed by id: tensors compare by value, so they cannot be dict keys.
 _bf16_copies: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
@@ -47,17 +49,6 @@ _bf16_copies: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
 # keeps freed memory (`pvt bench --allocator keep`), are measured in benchmarks/RESULTS.md.
 FFN_BAND_BYTES = 4 * 1024 * 1024
 MIN_BAND_ROWS = 32  # at most 1/16 of fc1 recomputed
-
-
-@contextmanager
-def unfused() -> Iterator[None]:
-    """Run every block as its modules (no fused kernels), e.g. to compare the two paths."""
-    global _fusion_enabled
-    previous, _fusion_enabled = _fusion_enabled, False
-    try:
-        yield
-    finally:
-        _fusion_enabled = previous
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -77,7 +68,7 @@ def can_fuse(block: Block, x: torch.Tensor) -> bool:
     (:func:`.fast_path.runs_as_built`: no wrappers, subclasses or hooks) and in evaluation mode, its
     parameters in that dtype (or float32 under autocast)."""
     # capturing_graph first: under torch.fx, x is a Proxy whose device cannot be compared.
-    if not (_ONEDNN_FUSION and _fusion_enabled and not capturing_graph() and x.device.type == "cpu"
+    if not (_ONEDNN_FUSION and _switch.enabled and not capturing_graph() and x.device.type == "cpu"
             and not block.training):
         return False
     dtype = compute_dtype(x)
