@@ -139,6 +139,7 @@ with keep_freed_memory() as kept:
 """
 
 
+@pytest.mark.slow
 def test_keep_freed_memory_stops_page_faults_on_reallocation() -> None:
     if sys.platform != "linux":
         pytest.skip("glibc and getrusage: Linux")

@@ -18,7 +18,7 @@ from pvtv2.models import reference
 from pvtv2.cli.main import main
 from pvtv2.data import DatasetError
 from pvtv2.detection import build_backbone, build_detector
-from pvtv2.detection.complexity import PAPER_COLUMN, complexity_rows
+from pvtv2.detection.complexity import PAPER_COLUMN, table3_rows
 from pvtv2.detection.config import DetectionConfig
 from pvtv2.detection.data import CocoDetection, collate, eval_transform, split_paths, train_transform
 from pvtv2.detection.evaluate import STAT_NAMES, coco_metrics, predict_dataset
@@ -224,16 +224,17 @@ def test_param_counts_within_3_percent_of_paper() -> None:
     """Every backbone under both detectors (80 classes) counts within 3% of the paper's Table 3."""
     names = list(reference.published(reference.COCO))
     assert set(names) == set(PAPER_MODELS)
-    for row in complexity_rows(names, with_flops=False):
-        paper = reference.published(reference.COCO)[row["backbone"]][PAPER_COLUMN[row["detector"]]]
-        assert row["params_M"] == pytest.approx(paper, rel=0.03), row
+    for row in table3_rows(names, with_flops=False):
+        detector, backbone = row.model.split("/")
+        paper = reference.published(reference.COCO)[backbone][PAPER_COLUMN[detector]]
+        assert row.params_M == pytest.approx(paper, rel=0.03), row
 
 
 def test_table_cli_prints_detection_rows(capsys: pytest.CaptureFixture[str]) -> None:
     """pvt table --task detection: params beside the paper's, GFLOPs at 1280x800, status 0 within 3%."""
     assert main(["table", "--task", "detection", "--models", "pvt_v2_b0", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["backbone"], r["detector"]) for r in rows] == [("pvt_v2_b0", "retinanet"), ("pvt_v2_b0", "mask_rcnn")]
+    assert [r["model"] for r in rows] == ["retinanet/pvt_v2_b0", "mask_rcnn/pvt_v2_b0"]
     assert all(r["params_ok"] and r["GFLOPs"] > 100 for r in rows)
 
 

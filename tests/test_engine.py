@@ -11,13 +11,19 @@ import torch
 import yaml
 from torch import nn
 
+from pvtv2.classification.config import ClassificationConfig
 from pvtv2.cli.main import main
+from pvtv2.detection.config import DetectionConfig
+from pvtv2.detection.model import build_from_config
 from pvtv2.engine.config import Config, ConfigError, checked
 from pvtv2.engine.distributed import DistributedEnv
 from pvtv2.engine.loop import progress_bar, train_steps
 from pvtv2.engine.optim import OptimizerStep
 from pvtv2.engine.training_state import FORMAT_KEY, atomic_save, read_training_checkpoint
+from pvtv2.models import create_model
 from pvtv2.models.loading import CheckpointError
+from pvtv2.segmentation import build_segmenter
+from pvtv2.segmentation.config import SegmentationConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -26,6 +32,30 @@ CONFIGS = {
     "seg-train": REPO / "configs/segmentation/shapes_semantic_fpn_pvt_v2_b0.yaml",
 }
 CPU = DistributedEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+SHIPPED_CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
+
+
+# -- every shipped config loads, validates and builds its model -------------------------------------------
+
+def _build_model(config: Config) -> nn.Module:
+    """The model a training run of ``config`` builds (without pretrained weights: shapes only)."""
+    if isinstance(config, ClassificationConfig):
+        return create_model(config.model.name, num_classes=10, drop_path_rate=config.model.drop_path_rate)
+    if isinstance(config, DetectionConfig):
+        return build_from_config(config.model, config.data, num_classes=80, pretrained=False)
+    m = config.model
+    return build_segmenter(m.segmenter, backbone=m.backbone, num_classes=150, drop_path_rate=m.drop_path_rate,
+                           norm=m.norm, dropout=m.dropout, neck_channels=m.neck_channels, head_channels=m.head_channels)
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda path: str(path.relative_to(REPO / "configs")))
+def test_shipped_config_loads_validates_and_builds(path: Path) -> None:
+    config_type = {"imagenet": ClassificationConfig, "digits": ClassificationConfig, "detection": DetectionConfig,
+                   "segmentation": SegmentationConfig}[path.parent.name]
+    config = config_type.load(path)  # every key known, every value within its limits, the task's rules
+    assert config_type.from_dict(config.to_dict()) == config  # as a checkpoint stores and reads it back
+    with torch.device("meta"):
+        assert sum(p.numel() for p in _build_model(config).parameters()) > 0
 
 
 # -- every task's config is validated through its CLI, before any work -----------------------------------

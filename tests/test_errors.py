@@ -151,7 +151,7 @@ def test_ctrl_c_elsewhere_and_debug_tracebacks(monkeypatch: pytest.MonkeyPatch, 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pvtv2.cli.table.count_params", interrupted)
+    monkeypatch.setattr("pvtv2.classification.complexity.count_params", interrupted)
     status, err = run(["table", "--models", "pvt_v2_b0"], capsys)
     assert (status, err.strip()) == (130, "pvt table: interrupted")
     # --debug, anywhere on the line, or PVT_DEBUG=1: the exception itself, for its traceback.
@@ -166,7 +166,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     def bug(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("a bug, not the user's input")
 
-    monkeypatch.setattr("pvtv2.cli.table.count_params", bug)
+    monkeypatch.setattr("pvtv2.classification.complexity.count_params", bug)
     with pytest.raises(ZeroDivisionError):
         main(["table", "--models", "pvt_v2_b0"])
 
@@ -366,7 +366,7 @@ def test_a_batch_of_zero_images_gives_an_empty_output(name: str, features_only: 
     x = torch.randn(0, 3, 64, 96)
     with torch.inference_mode():
         fused = model(x)
-        with cpu_inference.unfused():
+        with cpu_inference.disabled():
             plain = model(x)
     trained = model.train()(x)
     for out in (fused, plain, trained):

@@ -94,7 +94,7 @@ def test_a_wrapped_block_runs_as_its_modules(kind):
         if kind != "quantize_dynamic":  # quantize_dynamic swaps every linear layer, in every block
             assert cpu_inference.can_fuse(model.block2[0], torch.randn(2, 64, 64))
         no_grad = model(x)
-        with cpu_inference.unfused():
+        with cpu_inference.disabled():
             plain = model(x)
         unwrapped = base(x)
     grad_mode = model(x)

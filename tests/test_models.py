@@ -167,7 +167,7 @@ def test_fused_cpu_inference_equals_the_plain_modules(name):
     with torch.inference_mode():
         assert cpu_inference.can_fuse(model.block1[0], model.patch_embed1(x)[0])
         fused = model(x)
-        with cpu_inference.unfused():
+        with cpu_inference.disabled():
             plain = model(x)
     assert not torch.equal(fused, plain)  # the fused kernels did run
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
@@ -194,12 +194,12 @@ def test_bf16_fused_cpu_inference_equals_the_plain_modules(name):
         with torch.autocast("cpu", torch.bfloat16):
             assert cpu_inference.can_fuse(model.block1[0], model.patch_embed1(x)[0])
             fused = model(x)
-            with cpu_inference.unfused():
+            with cpu_inference.disabled():
                 plain = model(x)
         model_bf16 = model.to(torch.bfloat16)
         assert cpu_inference.can_fuse(model_bf16.block1[0], model_bf16.patch_embed1(x.bfloat16())[0])
         fused_bf16 = model_bf16(x.bfloat16())
-        with cpu_inference.unfused():
+        with cpu_inference.disabled():
             plain_bf16 = model_bf16(x.bfloat16())
     assert fused.dtype == plain.dtype == fused_bf16.dtype == torch.bfloat16
     assert not torch.equal(fused, plain)  # the fused kernels did run
@@ -290,7 +290,7 @@ def test_global_forward_hooks_force_the_plain_modules():
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         fused = model(x)
-        with cpu_inference.unfused():
+        with cpu_inference.disabled():
             plain = model(x)
     linears = []
 

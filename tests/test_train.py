@@ -179,17 +179,6 @@ def test_unknown_override_is_a_usage_error(tmp_path: Path, capsys: pytest.Captur
     assert "unrecognized arguments: --epocs" in capsys.readouterr().err
 
 
-def test_every_shipped_classification_config_loads() -> None:
-    # Detection and segmentation configs have their own schemas and tests.
-    configs = sorted([*(REPO / "configs" / "imagenet").glob("*.yaml"), *(REPO / "configs" / "digits").glob("*.yaml")])
-    assert len(configs) == 12
-    for path in configs:
-        config = ClassificationConfig.load(path)
-        assert config.model.name in path.stem
-    b3 = ClassificationConfig.load(REPO / "configs/imagenet/pvt_v2_b3.yaml")
-    assert (b3.model.drop_path_rate, b3.optim.clip_grad, b3.optim.batch_size) == (0.3, 1.0, 128)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cuda_without_cuda_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="device 'cuda' was asked for, but this machine has no usable CUDA"):
@@ -292,6 +281,7 @@ def test_fine_tuning_replaces_a_head_of_another_size(folder: Path, tmp_path: Pat
 
 # -- distributed ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_model_as_one(folder: Path, tmp_path: Path) -> None:
     """torchrun, 2 CPU processes with gloo and batch 4 each == 1 process with batch 8 (same images per step)."""
     one = tiny_config(folder, tmp_path / "one", augment=DETERMINISTIC_AUGMENT, optim={"batch_size": 8, "clip_grad": 1})
@@ -330,6 +320,7 @@ main(sys.argv[2:])
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_exactly_the_uninterrupted_weights(folder: Path, tmp_path: Path) -> None:
     """Everything random is on (RandAugment, erasing, mixup/cutmix, stochastic depth, workers) and EMA:
     the resumed run must still end bit for bit where the uninterrupted one does."""

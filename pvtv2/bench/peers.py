@@ -1,7 +1,8 @@
 """The reference implementations we compare with (timm, HF transformers), holding our model's weights.
 
-timm and transformers are optional: they are imported only when a peer is built, and :func:`peers_of`
-leaves out the ones that are not installed, so ``pvt bench`` still measures our models without them.
+timm is a dependency of the package; HF transformers is optional: it is imported only when its peer is
+built, and :func:`peers_of` leaves it out when it is not installed, so ``pvt bench`` measures our models and
+timm's without it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from ..models import PyramidVisionTransformerV2, model_settings
 from ..models.keys import from_official
 
 PEERS = ("timm", "hf")  # in the order the tables show them
-PEER_PACKAGES = {"timm": "timm", "hf": "transformers"}
 
 
 def is_v2(name: str) -> bool:
@@ -24,20 +24,16 @@ def is_v2(name: str) -> bool:
 
 
 def peers_of(name: str) -> list[str]:
-    """The installed peers that implement model ``name``: timm has PVTv2 B0-B5 and B2-Li (not our other -Li
-    sizes), HF both families (its PVTv2 takes linear attention at every size)."""
-    return [
-        peer for peer in PEERS
-        if importlib.util.find_spec(PEER_PACKAGES[peer]) is not None and (peer != "timm" or _in_timm(name))
-    ]
+    """The peers that implement model ``name``: timm has PVTv2 B0-B5 and B2-Li (not our other -Li sizes), HF,
+    when transformers is installed, both families (its PVTv2 takes linear attention at every size)."""
+    available = {"timm": _in_timm(name), "hf": importlib.util.find_spec("transformers") is not None}
+    return [peer for peer in PEERS if available[peer]]
 
 
 def _in_timm(name: str) -> bool:
-    if not is_v2(name):
-        return False
-    import timm  # only once timm is known to be installed (peers are optional)
+    import timm  # imported when a peer is asked for: the rest of the package does without its import time
 
-    return timm.is_model(name)
+    return is_v2(name) and timm.is_model(name)
 
 
 class LogitsOf(nn.Module):

@@ -133,8 +133,8 @@ class BenchConfig:
             settings.update(infer_batches=(64, 256), train_batch=128, warmup=3, rounds=20)
         if quick:
             # No warm-up round: the memory call before the timed rounds is the first call. Training at
-            # batch 2: a batch-8 step of B2 takes ~10 s per implementation here.
-            # No onnxruntime rows: exporting each model takes ~30 s here.
+            # batch 2 and no onnxruntime rows (exporting each model): a batch-8 step and an export take seconds
+            # per model on a laptop's CPU (benchmarks/RESULTS.md).
             settings.update(models=("pvt_v2_b0", "pvt_v2_b2"), train_batch=2, sweep_models=("pvt_v2_b2_li",),
                             sweep_sizes=(224, 448, 640), warmup=0, rounds=2, sweep_rounds=2, onnxruntime=False)
         return cls(device=device, **{**settings, **overrides})

@@ -12,8 +12,9 @@ from typing import Any
 _EXPORTS = {
     "ClassificationConfig": "config",
     "build_dataset": "datasets", "ImageFolder": "datasets", "Digits": "digits",
-    "EvalResult": "evaluate", "evaluate": "evaluate",
-    "LoadedClassifier": "inference", "load_classifier": "inference",
+    "EvalResult": "evaluate", "evaluate": "evaluate", "evaluate_checkpoint": "evaluate",
+    "LoadedClassifier": "inference", "load_classifier": "inference", "predict": "predict",
+    "paper_tables": "complexity",
     "train": "train",
 }
 __all__ = sorted(_EXPORTS)

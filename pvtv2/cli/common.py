@@ -58,10 +58,14 @@ def add_config_arguments(
                              "peak memory)")
     overrides = parser.add_argument_group("config overrides", overrides_help)
     defaults = config_type().to_dict()
+    old_names = {f"{old.partition('.')[0]}.{new}": old for old, new in config_type.RENAMED.items()}
     for key, section in config_type.keys().items():
+        old = old_names.get(f"{section}.{key}")  # a renamed key's old option still works
+        aliases = () if old is None else (f"--{old.partition('.')[2]}", f"--{old}")
         overrides.add_argument(
-            f"--{key}", f"--{section}.{key}", dest="overrides", action=_Override, key=f"{section}.{key}",
-            metavar="VALUE", help=f"{section}.{key} (default: {defaults[section][key]})",
+            f"--{key}", f"--{section}.{key}", *aliases, dest="overrides", action=_Override, key=f"{section}.{key}",
+            metavar="VALUE", help=f"{section}.{key} (default: {defaults[section][key]})"
+                                  + ("" if old is None else f"; formerly {old}"),
         )
     parser.set_defaults(overrides=[])
 

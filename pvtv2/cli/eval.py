@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from .common import CommandError
+from ..engine.config import check_option
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -47,61 +47,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here, so that the other subcommands do not load the training stack (timm).
-    from torch.utils.data import DataLoader
-
     from ..classification.config import AugmentConfig, DataConfig, OptimConfig
-    from ..classification.datasets import ImageFolder, eval_folder
-    from ..classification.digits import Digits
-    from ..classification.evaluate import evaluate
-    from ..classification.inference import load_classifier
-    from ..classification.transforms import eval_resize, eval_transform
-    from ..data.images import ModelInput
-    from ..engine import distributed
-    from ..engine.config import check_option
-    from ..engine.distributed import shard
-    from ..models import min_input_size
+    from ..classification.evaluate import evaluate_checkpoint
 
     # Options that stand in for config keys are held to the same limits (0 is a value, not "the default").
     check_option(args.img_size, DataConfig, "img_size", "--img-size")
     check_option(args.crop_pct, AugmentConfig, "eval_crop_pct", "--crop-pct")
     check_option(args.batch_size, OptimConfig, "batch_size", "--batch-size")
     check_option(args.workers, DataConfig, "num_workers", "--workers")
-    env = distributed.setup(args.device)
-    try:
-        classifier = load_classifier(args.checkpoint, args.model, use_ema=args.ema)
-        img_size = classifier.img_size if args.img_size is None else args.img_size
-        crop_pct = classifier.crop_pct if args.crop_pct is None else args.crop_pct
-        smallest = min_input_size(classifier.model_name)
-        if img_size < smallest:
-            raise CommandError(f"--img-size {img_size} is too small for {classifier.model_name}: it needs at least "
-                               f"{smallest} pixels per side")
-        transform = eval_transform(img_size, crop_pct, classifier.interpolation)
-        if args.data == "digits":
-            dataset, where = Digits("val", img_size, transform), "digits (held-out split)"
-        else:
-            folder = eval_folder(args.data)
-            resized = ModelInput(smallest=1, shorter=eval_resize(img_size, crop_pct))  # refuses a sliver by name
-            dataset, where = ImageFolder(folder, transform, args.bad_images, resized), str(folder)
-        if len(dataset.classes) != len(classifier.class_names) or (
-            classifier.from_training and list(dataset.classes) != classifier.class_names
-        ):
-            raise CommandError(
-                f"{where} has {len(dataset.classes)} classes ({', '.join(dataset.classes[:5])}...), but the "
-                f"classifier has {len(classifier.class_names)} ({', '.join(classifier.class_names[:5])}...)"
-            )
-        workers = 0 if args.data == "digits" else args.workers  # the digits are in memory already
-        loader = DataLoader(shard(dataset, env.rank, env.world_size), args.batch_size, num_workers=workers,
-                            pin_memory=env.device.type == "cuda")
-        result = evaluate(classifier.model.to(env.device), loader, env.device, args.amp)
-    finally:
-        distributed.cleanup()
-    if not env.is_main:
+    measured = evaluate_checkpoint(
+        args.checkpoint, args.data, model=args.model, img_size=args.img_size, crop_pct=args.crop_pct,
+        batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp, use_ema=args.ema,
+        bad_images=args.bad_images,
+    )
+    if not measured.is_main:
         return 0
+    result = measured.result
     if args.json:
-        print(json.dumps(dict(model=classifier.model_name, checkpoint=str(args.checkpoint), data=where,
-                              img_size=img_size, resize=eval_resize(img_size, crop_pct), top1=result.top1,
+        print(json.dumps(dict(model=measured.model_name, checkpoint=str(args.checkpoint), data=measured.data,
+                              img_size=measured.img_size, resize=measured.resize, top1=result.top1,
                               top5=result.top5, loss=result.loss, images=result.images)))
     else:
-        print(f"{classifier.description}\n{where}: resize {eval_resize(img_size, crop_pct)}, center crop {img_size}")
+        print(f"{measured.description}\n{measured.data}: resize {measured.resize}, center crop {measured.img_size}")
         print(result.summary())
     return 0

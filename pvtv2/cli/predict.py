@@ -20,8 +20,6 @@ from pathlib import Path
 
 import torch
 
-from ..data import read_image
-from ..data.images import ModelInput
 from .common import CommandError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -48,31 +46,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise CommandError(f"--topk must be at least 1, got {args.topk}")
-    # Imported here, so that the other subcommands do not load the training stack (timm).
-    from ..classification.inference import load_classifier
-    from ..classification.transforms import eval_resize, eval_transform
-    from ..engine.distributed import resolve_device
+    from ..classification.predict import predict  # the training stack (timm) is loaded for this command only
 
-    device = resolve_device(args.device)
-    classifier = load_classifier(args.checkpoint, args.model, use_ema=args.ema)
-    transform = eval_transform(classifier.img_size, classifier.crop_pct, classifier.interpolation)
-    dtype = DTYPES[args.dtype]
-    pictures = [read_image(path) for path in args.images]  # every file checked before the model runs
-    # The picture is resized to a shorter side of S / crop_pct, then center-cropped to S.
-    model_input = ModelInput(smallest=1, shorter=eval_resize(classifier.img_size, classifier.crop_pct))
-    for path, picture in zip(args.images, pictures):
-        model_input.check(path, picture.size)
-    batch = torch.stack([transform(picture) for picture in pictures]).to(device, dtype)  # (N, 3, S, S)
-    with torch.inference_mode():
-        probabilities = classifier.model.to(device, dtype)(batch).float().softmax(dim=1)
-    top = probabilities.topk(min(args.topk, probabilities.shape[1]), dim=1)
-    for path, values, indices in zip(args.images, top.values.tolist(), top.indices.tolist()):
-        names = [classifier.class_names[i] for i in indices]
+    predictions = predict(args.checkpoint, args.images, model=args.model, topk=args.topk, device=args.device,
+                          dtype=DTYPES[args.dtype], use_ema=args.ema)
+    for prediction in predictions:
         if args.json:
-            print(json.dumps(dict(image=str(path), top=[dict(index=i, name=n, probability=p)
-                                                        for i, n, p in zip(indices, names, values)])))
+            print(json.dumps(dict(image=str(prediction.image), top=[dict(index=i, name=n, probability=p)
+                                                                    for i, n, p in prediction.top])))
             continue
-        print(path)
-        for rank, (name, probability) in enumerate(zip(names, values), start=1):
+        print(prediction.image)
+        for rank, (_, name, probability) in enumerate(prediction.top, start=1):
             print(f"  {rank}. {name:30s} {100 * probability:6.2f}%")
     return 0

@@ -10,17 +10,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import TypeVar
 
 from ..engine.config import check_option
 from ..segmentation.config import SegDataConfig, SegmentationConfig, SegTestConfig
 from .common import CommandError, add_config_arguments, run_training
-
-T = TypeVar("T")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -92,65 +88,28 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
-    from ..engine import distributed
-    from ..engine.distributed import shard
     from ..segmentation.config import parse_scales
-    from ..segmentation.data import SegmentationDataset, dataset_root, read_class_names
-    from ..segmentation.evaluate import evaluate
-    from ..segmentation.predict import load_segmenter
-    from ..segmentation.transforms import EvalTransform, model_input
+    from ..segmentation.evaluate import evaluate_checkpoint
 
     # Options that stand in for config keys are held to the same limits, before anything is loaded.
     check_option(args.stride, SegTestConfig, "slide_stride", "--stride")
     check_option(args.workers, SegDataConfig, "num_workers", "--workers")
     scales = None if args.scales is None else parse_scales(args.scales, "--scales")
-    env = distributed.setup(args.device)
-    try:
-        segmenter = load_segmenter(args.checkpoint)
-        cfg = segmenter.config
-        data = dataclasses.replace(cfg.data, dataset=_given(args.dataset, cfg.data.dataset),
-                                   root=_given(args.data, cfg.data.root))
-        if data.root is None and data.dataset != "shapes":
-            raise CommandError(f"{args.checkpoint} does not name its dataset: give --data DIR")
-        root = dataset_root(dataclasses.replace(cfg, data=data))
-        layout = "folder" if data.dataset == "folder" else "ade20k"
-        names = read_class_names(root, layout, len(segmenter.class_names))
-        if names != segmenter.class_names:
-            raise CommandError(f"{root} has classes {names[:5]}..., but the checkpoint was trained on "
-                               f"{segmenter.class_names[:5]}...")
-        test = cfg.test
-        if scales is None:
-            scales, scales_key = parse_scales(test.test_scales), "the checkpoint's test.test_scales"
-        else:
-            scales_key = "--scales"
-        test_input = model_input(cfg, segmenter.backbone, scales, scales_key)
-        test_input.check_scale()
-        dataset = SegmentationDataset(root, args.split, layout, class_names=names,
-                                      transform=EvalTransform(cfg.augment.scale), model_input=test_input)
-        loader = DataLoader(shard(dataset, env.rank, env.world_size), 1, num_workers=args.workers)
-        metrics = evaluate(segmenter.model.to(env.device), loader, env.device, names,
-                           mode=_given(args.mode, test.test_mode), crop_size=cfg.augment.crop_size,
-                           stride=_given(args.stride, test.slide_stride), flip=args.flip or test.flip_test,
-                           scales=scales, amp=args.amp, progress=env.is_main and not args.json)
-    finally:
-        distributed.cleanup()
-    if not env.is_main:
+    measured = evaluate_checkpoint(
+        args.checkpoint, args.data, dataset=args.dataset, split=args.split, mode=args.mode, stride=args.stride,
+        flip=args.flip, scales=scales, workers=args.workers, device=args.device, amp=args.amp,
+        progress=not args.json,
+    )
+    if not measured.is_main:
         return 0
     if args.json:
-        print(json.dumps(dict(checkpoint=str(args.checkpoint), data=str(root), split=args.split, images=len(dataset),
-                              **metrics.as_dict())))
+        print(json.dumps(dict(checkpoint=str(args.checkpoint), data=str(measured.data), split=args.split,
+                              images=measured.images, **measured.metrics.as_dict())))
     else:
-        print(f"{segmenter.description}\n{root} ({args.split}, {len(dataset)} images)")
-        print(metrics.table())
-        print(metrics.summary())
+        print(f"{measured.description}\n{measured.data} ({args.split}, {measured.images} images)")
+        print(measured.metrics.table())
+        print(measured.metrics.summary())
     return 0
-
-
-def _given(option: T | None, default: T) -> T:
-    """An option's value, or the checkpoint's when the option is not given (0 and "" are values, not gaps)."""
-    return default if option is None else option
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -160,7 +119,6 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..data.images import check_class_map_output, check_image_output, save_class_map, save_image
     from ..engine.distributed import resolve_device
     from ..segmentation.predict import load_segmenter, overlay, segment
-    from ..segmentation.transforms import model_input
 
     if not 0 <= args.alpha <= 1:
         raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}")
@@ -171,7 +129,7 @@ def run_predict(args: argparse.Namespace) -> int:
     segmenter = load_segmenter(args.checkpoint)
     if args.labels is not None:  # now that the number of classes is known
         check_class_map_output(args.labels, "--labels", len(segmenter.class_names), [args.image, args.out])
-    model_input(segmenter.config, segmenter.backbone).check(args.image, picture.size)
+    segmenter.model_input().check(args.image, picture.size)
     pixels = np.asarray(picture).copy()
     labels = segment(segmenter, pixels, resolve_device(args.device), mode=args.mode, flip=args.flip or None)
     save_image(overlay(pixels, labels, segmenter.class_names, args.alpha, segmenter.colours), args.out)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +24,10 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from ..data import read_image
-from ..data.images import ModelInput
+from ..data.images import IMAGENET_MEAN, IMAGENET_STD, ModelInput
 from ..detection.registry import DETECTORS
 from .common import CommandError, check_score_threshold
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation every model of the package is trained with
-IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGES = (1, 2, 3, 4)
 
 
@@ -213,10 +212,9 @@ def _note_random_weights(args: argparse.Namespace) -> None:
 
 # -- predictions ------------------------------------------------------------------------------------------
 def run_predictions(args: argparse.Namespace) -> int:
-    from ..detection.predict import LoadedDetector, detect, draw, load_detector
+    from ..detection.predict import detect, draw, load_detector
     from ..engine.distributed import resolve_device
     from ..segmentation.predict import load_segmenter, overlay, segment
-    from ..segmentation.transforms import model_input as segmenter_input
     from ..visualize.figures import check_figure_output, predictions_figure, save
 
     if not args.detection and not args.segmentation:
@@ -224,25 +222,20 @@ def run_predictions(args: argparse.Namespace) -> int:
     check_score_threshold(args.score_threshold)
     check_figure_output(args.out, "--out", [*args.images, *args.detection, *args.segmentation])
     pictures = {path: np.asarray(read_image(path)).copy() for path in args.images}  # each file read once, named if bad
-    columns: list[tuple[str, object]] = []
-    for path in args.detection:
-        detector = load_detector(path, args.device)
-        columns.append((_unique(columns, detector.title), detector))
-    for path in args.segmentation:
-        segmenter = load_segmenter(path)
-        columns.append((_unique(columns, f"Semantic FPN {segmenter.backbone}"), segmenter))
+    columns: list[tuple[str, Any]] = []
+    for loaded in [*(load_detector(path, args.device) for path in args.detection),
+                   *(load_segmenter(path) for path in args.segmentation)]:
+        columns.append((_unique(columns, loaded.title), loaded))
     # Every picture against every model's resize, before any model runs.
-    inputs = [loaded.model_input() if isinstance(loaded, LoadedDetector)
-              else segmenter_input(loaded.config, loaded.backbone) for _, loaded in columns]
     for path, pixels in pictures.items():
-        for model_input in inputs:
-            model_input.check(path, (pixels.shape[1], pixels.shape[0]))
+        for _, loaded in columns:
+            loaded.model_input().check(path, (pixels.shape[1], pixels.shape[0]))
     device = resolve_device(args.device)
     rows = []
     for path, pixels in pictures.items():
         cells = {}
         for title, loaded in columns:
-            if isinstance(loaded, LoadedDetector):
+            if loaded.task == "detection":
                 image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
                 drawing = draw(image, detect(loaded, image, args.score_threshold), loaded.class_names)
                 cells[title] = drawing.permute(1, 2, 0).numpy()
@@ -256,7 +249,7 @@ def run_predictions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unique(columns: list[tuple[str, object]], title: str) -> str:
+def _unique(columns: list[tuple[str, Any]], title: str) -> str:
     """``title``, numbered when an earlier column has it already (two checkpoints of the same kind)."""
     taken = {t for t, _ in columns}
     if title not in taken:

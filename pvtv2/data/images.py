@@ -38,6 +38,10 @@ from ..engine.files import check_output_file
 from ..errors import InputError
 from ..files import written_atomically
 
+# The normalisation every model of the package is trained with: timm's IMAGENET_DEFAULT_MEAN / STD, which are
+# MMDetection's and MMSegmentation's (123.675, 116.28, 103.53) and (58.395, 57.12, 57.375) over 255.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 COMMON_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")

@@ -12,6 +12,7 @@ The lr is for a total batch of ``lr_base_batch`` (16) and scales linearly with t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 from ..engine.config import Config, ConfigError, RunSection, checked
@@ -105,10 +106,11 @@ class DetRunConfig(RunSection):
     # not bf16: torchvision decodes boxes in the regression output's dtype, and bf16's 8-bit mantissa would
     # round 1000-pixel coordinates to 4-8 pixels.
     amp: Literal["bf16", "fp16", "none"] = "fp16"
-    eval_every: int = checked(1, min=1)  # evaluate every this many epochs (and after the last)
+    eval_interval: int = checked(1, min=1)  # epochs between evaluations (and after the last)
 
 
 class DetectionConfig(Config):
+    RENAMED = MappingProxyType({"run.eval_every": "eval_interval"})  # as det-train checkpoints before it say
     model: DetModelConfig
     data: DetDataConfig
     optim: DetOptimConfig

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ RELEASE_SPLIT = "val2017"  # what a release file is evaluated on unless told: CO
 class LoadedDetector:
     """A detector in evaluation mode, with its class names and where it came from."""
 
+    task: ClassVar[str] = "detection"
     model: nn.Module
     spec: DetectorSpec
     backbone: str

@@ -96,7 +96,7 @@ def train(cfg: DetectionConfig) -> dict[str, float]:
                 batches = islice(train_loader, steps_per_epoch * optim.accumulate_steps)
                 stats = train_steps(train_model, batches, losses_of, step, env, bar, after_step=scheduler.step)
             metrics = {}
-            if epoch + 1 == optim.epochs or (epoch + 1) % cfg.run.eval_every == 0:
+            if epoch + 1 == optim.epochs or (epoch + 1) % cfg.run.eval_interval == 0:
                 metrics = evaluate(model, val_loader, val_set, env.device, cfg.run.amp, with_masks, env.is_main)
             rng = all_rng_states()
             if records is None:  # not the main process: the main one scores

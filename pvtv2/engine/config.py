@@ -72,6 +72,10 @@ class Config:
     """Base of every task's config: its annotations name the sections, each a dataclass of fields; the
     subclass becomes a dataclass whose sections default to their dataclass's defaults."""
 
+    # Keys that had another name, as ``"section.old": "new"``: a config saved with the old name (checkpoints
+    # carry theirs) reads as the new one; giving both is an error. Not annotated: annotations are sections.
+    RENAMED = types.MappingProxyType({})
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name, section_type in typing.get_type_hints(cls).items():
@@ -108,6 +112,7 @@ class Config:
             values = data.get(name) or {}
             if not isinstance(values, Mapping):
                 raise ConfigError(f"{source}: section {name!r} must be a mapping of keys to values, got {values!r}")
+            values = cls._renamed(name, values, source)
             hints = typing.get_type_hints(section_type)
             _check_known(values, hints, f"key of section {name!r}", source)
             try:
@@ -117,6 +122,18 @@ class Config:
         config = cls(**built)
         config.validate(source)
         return config
+
+    @classmethod
+    def _renamed(cls, section: str, values: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+        """``values`` of ``section`` with the keys of :attr:`RENAMED` under their new names."""
+        for key, new in cls.RENAMED.items():
+            old_section, _, old = key.partition(".")
+            if old_section != section or old not in values:
+                continue
+            if new in values:
+                raise ConfigError(f"{source}: {section}.{old} was renamed {section}.{new}: give only {section}.{new}")
+            values = {new if k == old else k: v for k, v in values.items()}
+        return values
 
     @classmethod
     def load(cls: type[C], path: str | Path, overrides: Iterable[tuple[str, str]] = ()) -> C:

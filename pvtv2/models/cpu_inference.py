@@ -20,19 +20,21 @@ autocast modules would.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from . import fast_path
 from .capture import capturing_graph
+from .fast_path import Switch
 from .layers import Block, ConvFFN, Mlp, SpatialReductionAttention, image_to_tokens, tokens_to_image
 
 _ONEDNN_FUSION = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 ONEDNN_BF16 = _ONEDNN_FUSION and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-_fusion_enabled = True
+# Off (to run every block as its modules, e.g. to compare the two paths): set_enabled(False) or `with disabled():`.
+_switch = Switch()
+set_enabled = _switch.set_enabled
+disabled = _switch.disabled
 # id of a float32 parameter -> (a weak reference to it, its version when cast, its bfloat16 copy), for
 # autocast (see the module docstring). Keyed by id: tensors compare by value, so they cannot be dict keys.
 _bf16_copies: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
@@ -43,22 +45,10 @@ _bf16_copies: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
 # three trips through memory. In bands of a few MB it stays in cache and in reused heap blocks. Each band
 # recomputes fc1 on the conv's halo (one row above and below), hence the minimum band height; for inputs
 # up to 1333 px wide (detection) bands stay under 32 MB, the largest block glibc keeps for reuse.
-# Measured (benchmarks/RESULTS.md, 2 threads): faster and 2-3x less peak memory with glibc's default
-# allocator; with one that keeps freed memory (jemalloc, `pvt bench --allocator keep`) within a few % of
-# the whole tensor. 4 MiB was the best of 2-16 MiB here with either allocator.
+# The band size and what it gains in time and peak memory, with glibc's default allocator and with one that
+# keeps freed memory (`pvt bench --allocator keep`), are measured in benchmarks/RESULTS.md.
 FFN_BAND_BYTES = 4 * 1024 * 1024
 MIN_BAND_ROWS = 32  # at most 1/16 of fc1 recomputed
-
-
-@contextmanager
-def unfused() -> Iterator[None]:
-    """Run every block as its modules (no fused kernels), e.g. to compare the two paths."""
-    global _fusion_enabled
-    previous, _fusion_enabled = _fusion_enabled, False
-    try:
-        yield
-    finally:
-        _fusion_enabled = previous
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -78,7 +68,7 @@ def can_fuse(block: Block, x: torch.Tensor) -> bool:
     (:func:`.fast_path.runs_as_built`: no wrappers, subclasses or hooks) and in evaluation mode, its
     parameters in that dtype (or float32 under autocast)."""
     # capturing_graph first: under torch.fx, x is a Proxy whose device cannot be compared.
-    if not (_ONEDNN_FUSION and _fusion_enabled and not capturing_graph() and x.device.type == "cpu"
+    if not (_ONEDNN_FUSION and _switch.enabled and not capturing_graph() and x.device.type == "cpu"
             and not block.training):
         return False
     dtype = compute_dtype(x)
@@ -185,8 +175,8 @@ def _attend(attn: SpatialReductionAttention, q: torch.Tensor, kv: torch.Tensor) 
 
 def _bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Attention as autocast runs a plain one: both matmuls on oneDNN's bfloat16 kernels, the softmax in
-    float32. PyTorch's bfloat16 flash kernel for the CPU is 1.4-2.0x slower than that at PVT's shapes (few
-    keys: 49 for every PVTv2 stage at 224 px) on a CPU without AMX."""
+    float32. PyTorch's bfloat16 flash kernel for the CPU is slower than that at PVT's shapes (few keys: 49 for
+    every PVTv2 stage at 224 px) on a CPU without AMX (benchmarks/RESULTS.md)."""
     weights = torch.softmax((q @ k.transpose(-2, -1)).float().mul_(q.shape[-1] ** -0.5), dim=-1).to(q.dtype)
     return weights @ v
 

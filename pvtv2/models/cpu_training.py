@@ -26,16 +26,13 @@ from torch.overrides import TorchFunctionMode
 
 from . import fast_path
 from .capture import capturing_graph
+from .fast_path import Switch
 
 _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-_enabled = True
-
-
-def set_enabled(enabled: bool) -> bool:
-    """Switch the oneDNN training linear on or off (e.g. to compare with ``F.linear``); returns the previous setting."""
-    global _enabled
-    previous, _enabled = _enabled, enabled
-    return previous
+# Off (to compare with F.linear): set_enabled(False) or `with disabled():`, as the inference fast path.
+_switch = Switch()
+set_enabled = _switch.set_enabled
+disabled = _switch.disabled
 
 
 def _matmul(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,8 +60,8 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _matmul(grad, weight.t()).reshape(x.shape)
         if ctx.needs_input_grad[1]:
-            # grad^T @ x, as the product whose output has the fewer rows: measured 1.2-2.2x faster than the
-            # other orientation for these shapes (oneDNN parallelises and blocks over the output rows).
+            # grad^T @ x, as the product whose output has the fewer rows: faster than the other orientation for
+            # these shapes, as oneDNN parallelises and blocks over the output rows (benchmarks/RESULTS.md).
             if out_features <= in_features:
                 grad_weight = _matmul(grad.t(), rows.t())
             else:
@@ -77,7 +74,7 @@ class _OneDNNLinear(torch.autograd.Function):
 def _applies_to_input(x: torch.Tensor) -> bool:
     return (
         _ONEDNN_LINEAR
-        and _enabled
+        and _switch.enabled
         and not capturing_graph()  # first: under torch.fx, x is a Proxy whose device cannot be compared
         and torch.is_grad_enabled()
         and x.device.type == "cpu"

@@ -24,8 +24,8 @@ from ..errors import EnvironmentProblem
 # of at least 2x2 tokens at stride 32; one bound for all models keeps the contract simple.
 MIN_EXPORT_SIDE = 64
 MAX_EXPORT_SIDE = 4096
-# Opset 20 has a Gelu operator: onnxruntime runs it as one kernel (B2-Li at 512 px: 16% faster overall than
-# opset 18's Erf/Mul/Add/Div decomposition, which its Gelu fusion does not recognise in this exporter's form).
+# Opset 20 has a Gelu operator: onnxruntime runs it as one kernel, where opset 18's Erf/Mul/Add/Div
+# decomposition is not recognised by its Gelu fusion in this exporter's form (measured: benchmarks/RESULTS.md).
 ONNX_OPSET = 20
 
 

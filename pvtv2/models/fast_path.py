@@ -11,12 +11,35 @@ and anything else runs as its modules, which is always right.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from torch import nn
 from torch.nn.modules import module as nn_module
 from torchvision.ops import StochasticDepth
 
 from .capture import ExportableAdaptiveAvgPool2d
 from .layers import Block, ConvFFN, DepthwiseConv, Mlp, SpatialReductionAttention
+
+class Switch:
+    """Whether a fast path may run (on by default), switched the same way for every fast path: as a setter,
+    ``set_enabled(False)`` (returns the previous setting), or for a block of code, ``with disabled():``."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+
+    def set_enabled(self, enabled: bool) -> bool:
+        previous, self.enabled = self.enabled, enabled
+        return previous
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        previous = self.set_enabled(False)
+        try:
+            yield
+        finally:
+            self.set_enabled(previous)
+
 
 # Each submodule of a Block as its constructor builds it, by name: the exact classes the fast paths read
 # (attention with or without its spatial reduction, linear or not; conv FFN or plain FFN; stochastic depth

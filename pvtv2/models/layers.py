@@ -199,7 +199,7 @@ class ConvFFN(nn.Module):
         if self.linear:
             x = self.relu(x)
         # GELU on the (B, N, C) view rather than on the 4-D channels-last tensor, which is the same memory:
-        # PyTorch's element-wise kernels run its forward and backward ~1.6x faster on the 3-D view here.
+        # PyTorch's element-wise kernels run its forward and backward faster on the 3-D view (benchmarks/RESULTS.md).
         x = self.act(self.dwconv(x, height, width))
         return self.drop(self.fc2(self.drop(x)))
 

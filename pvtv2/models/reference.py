@@ -13,7 +13,6 @@ within the rounding of the published figure: the paper prints 0.6 GFLOPs for a m
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
 from importlib import resources
@@ -77,36 +76,3 @@ def matches(measured: float, published_value: float, rel_tol: float = DEFAULT_RE
     """Whether ``measured`` agrees with ``published_value``: within ``rel_tol`` or within its rounding."""
     error = abs(measured - published_value)
     return error <= rel_tol * abs(published_value) or error <= rounding(published_value) + 1e-12
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """A measured figure beside the published one."""
-
-    measured: float
-    published: float
-    source: str  # where the published figure comes from
-
-    @property
-    def diff_pct(self) -> float:
-        return 100.0 * (self.measured - self.published) / self.published
-
-    @property
-    def ok(self) -> bool:
-        return matches(self.measured, self.published)
-
-
-def compare_imagenet(name: str, params: int, flops: int) -> dict[str, Comparison]:
-    """Compare a model's counted ``params`` and ``flops`` (multiply-adds at 224x224) with the published ones.
-
-    Params are compared with ``params_from_official_code`` where the reference has it, else with the paper.
-    """
-    rows = published(IMAGENET)
-    if name not in rows:
-        raise InputError(f"no published ImageNet figures for {name!r}; known: {', '.join(rows)}")
-    official = params_from_official_code()
-    if name in official:
-        params_cmp = Comparison(params / 1e6, official[name], "official code")
-    else:
-        params_cmp = Comparison(params / 1e6, rows[name]["params_M"], "paper")
-    return {"params_M": params_cmp, "GFLOPs": Comparison(flops / 1e9, rows[name]["GFLOPs"], "paper")}

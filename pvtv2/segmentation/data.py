@@ -222,6 +222,14 @@ def dataset_root(cfg: SegmentationConfig) -> Path:
     return root
 
 
+def find_dataset(cfg: SegmentationConfig, num_classes: int | None = None) -> tuple[Path, Layout, list[str]]:
+    """``cfg``'s data folder (see :func:`dataset_root`), its layout (the shapes are written as ADE20K) and its
+    class names (``num_classes`` of them, when given)."""
+    root = dataset_root(cfg)
+    layout: Layout = "folder" if cfg.data.dataset == "folder" else "ade20k"
+    return root, layout, read_class_names(root, layout, num_classes)
+
+
 class IterationSampler(Sampler[int]):
     """This process's share of an endless stream of epochs, each shuffled from (seed, epoch), starting after
     ``start`` indices: the stream a run interrupted after ``start`` samples would have gone on with."""

@@ -8,10 +8,13 @@ ground truth (accuracy); aAcc is the fraction of labelled pixels predicted right
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +26,12 @@ from ..errors import InputError, RunFailure
 from ..engine import distributed
 from ..engine.optim import autocast
 from ..engine.text_table import format_table
-from .data import IGNORE_INDEX
+from .config import parse_scales
+from .data import IGNORE_INDEX, SegmentationDataset, find_dataset
+from .transforms import EvalTransform, model_input
 
 Mode = Literal["whole", "slide"]
+T = TypeVar("T")
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -182,3 +188,57 @@ def evaluate(
         raise InputError(f"the evaluation data has no labelled pixel (every mask is empty or 'ignore'), so there is "
                          f"nothing to score; check the masks of {getattr(loader.dataset, 'root', 'the dataset')}")
     return SegmentationMetrics(confusion, list(class_names))
+
+
+@dataclass(frozen=True)
+class CheckpointEvaluation:
+    """:func:`evaluate_checkpoint`'s metrics and what they were measured on."""
+
+    metrics: SegmentationMetrics
+    description: str  # the segmenter and where its weights come from
+    data: Path  # the dataset root
+    images: int
+    is_main: bool  # the process that reports (every process of a torchrun gets the same totals)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, data: str | None = None, *, dataset: str | None = None, split: str = "val",
+    mode: Mode | None = None, stride: int | None = None, flip: bool = False, scales: Sequence[float] | None = None,
+    workers: int = min(4, os.cpu_count() or 1), device: str = "auto", amp: str = "none", progress: bool = False,
+) -> CheckpointEvaluation:
+    """mIoU, mAcc, aAcc and per-class IoU of a seg-train (or MMSegmentation Semantic FPN) ``checkpoint`` on
+    ``split`` of ``data`` laid out as ``dataset`` (default: the checkpoint's own); test mode, stride, flip and
+    scales default to the checkpoint's. Under torchrun each process evaluates its share."""
+    from .predict import load_segmenter  # predict imports this module (predict_probabilities)
+
+    env = distributed.setup(device)
+    try:
+        segmenter = load_segmenter(checkpoint)
+        cfg = segmenter.config
+        data_cfg = dataclasses.replace(cfg.data, dataset=_given(dataset, cfg.data.dataset), root=_given(data, cfg.data.root))
+        if data_cfg.root is None and data_cfg.dataset != "shapes":
+            raise InputError(f"{checkpoint} does not name its dataset: give --data DIR")
+        root, layout, names = find_dataset(dataclasses.replace(cfg, data=data_cfg), len(segmenter.class_names))
+        if names != segmenter.class_names:
+            raise InputError(f"{root} has classes {names[:5]}..., but the checkpoint was trained on "
+                             f"{segmenter.class_names[:5]}...")
+        test = cfg.test
+        scales_key = "the checkpoint's test.test_scales" if scales is None else "--scales"
+        scales = parse_scales(test.test_scales) if scales is None else scales
+        test_input = model_input(cfg, segmenter.backbone, scales, scales_key)
+        test_input.check_scale()
+        images = SegmentationDataset(root, split, layout, class_names=names,
+                                     transform=EvalTransform(cfg.augment.scale), model_input=test_input)
+        loader = DataLoader(distributed.shard(images, env.rank, env.world_size), 1, num_workers=workers)
+        metrics = evaluate(segmenter.model.to(env.device), loader, env.device, names,
+                           mode=_given(mode, test.test_mode), crop_size=cfg.augment.crop_size,
+                           stride=_given(stride, test.slide_stride), flip=flip or test.flip_test, scales=scales,
+                           amp=amp, progress=progress and env.is_main)
+    finally:
+        distributed.cleanup()
+    return CheckpointEvaluation(metrics, segmenter.description, root, len(images), env.is_main)
+
+
+def _given(option: T | None, default: T) -> T:
+    """An option's value, or the checkpoint's when the option is not given (0 and "" are values, not gaps)."""
+    return default if option is None else option

@@ -11,6 +11,7 @@ from __future__ import annotations
 import colorsys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torchvision import tv_tensors
 
+from ..data.images import ModelInput
 from ..engine.release import read_release, resolve_checkpoint
 from ..engine.training_state import FORMAT_KEY, training_checkpoint
 from ..models.loading import CheckpointError, check_weights, read_file
@@ -25,17 +27,28 @@ from .config import SegmentationConfig, parse_scales
 from .evaluate import predict_probabilities
 from .model import build_segmenter
 from .release import from_release, is_segmenter_release
-from .transforms import EvalTransform
+from .transforms import EvalTransform, model_input
 
 
 @dataclass
 class LoadedSegmenter:
+    """A segmenter in evaluation mode, with its class names, settings and where it came from."""
+
+    task: ClassVar[str] = "segmentation"
     model: nn.Module
     backbone: str
     class_names: list[str]
     config: SegmentationConfig  # the training config (or, for a release file, its settings as ours)
     description: str
     palette: np.ndarray | None = None  # (classes, 3) uint8 colours the checkpoint names (a release file's PALETTE)
+
+    @property
+    def title(self) -> str:
+        return f"Semantic FPN {self.backbone}"
+
+    def model_input(self) -> ModelInput:
+        """How testing resizes a picture and the smallest side the backbone takes (see :func:`model_input`)."""
+        return model_input(self.config, self.backbone)
 
     @property
     def colours(self) -> np.ndarray:

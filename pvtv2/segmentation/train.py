@@ -27,7 +27,7 @@ from ..engine.schedules import PolySchedule
 from ..engine.training_state import all_rng_states, resume, training_state
 from ..models.complexity import count_params
 from .config import SegmentationConfig, parse_scales
-from .data import IGNORE_INDEX, IterationSampler, SegmentationDataset, dataset_root, read_class_names
+from .data import IGNORE_INDEX, IterationSampler, SegmentationDataset, find_dataset
 from .evaluate import SegmentationMetrics, evaluate
 from .model import build_segmenter
 from .transforms import EvalTransform, model_input, train_transform
@@ -39,9 +39,7 @@ CURVE_PANELS = [("training loss", "loss", [("train_loss", "training", 1.0)]),
 
 def build_datasets(cfg: SegmentationConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
     """The training split (augmented as the paper) and the held-out split (test scale, masks as they are)."""
-    root = dataset_root(cfg)
-    layout = "folder" if cfg.data.dataset == "folder" else "ade20k"
-    names = read_class_names(root, layout, cfg.data.num_classes)
+    root, layout, names = find_dataset(cfg, cfg.data.num_classes)
     a = cfg.augment
     train_set = SegmentationDataset(root, "train", layout, class_names=names, transform=train_transform(
         a.crop_size, a.scale, a.ratio_range, a.cat_max_ratio, a.hflip, a.photometric))

@@ -20,14 +20,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..data.images import resize_image
-from ..data.images import ModelInput
+from ..data.images import IMAGENET_MEAN, IMAGENET_STD, ModelInput, resize_image
 from ..models import min_input_size
 from .config import SegmentationConfig, parse_scales
 from .data import IGNORE_INDEX
 
-MEAN = (0.485, 0.456, 0.406)  # ImageNet's, as the backbones were pre-trained with
-STD = (0.229, 0.224, 0.225)
 SIZE_DIVISOR = 32  # AlignResize's: the test image's sides are multiples of the backbone's largest stride
 
 
@@ -130,7 +127,7 @@ def photometric_distortion() -> v2.Transform:
 
 
 def _to_model_input() -> list[v2.Transform]:
-    return [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.Normalize(MEAN, STD)]
+    return [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
 def train_transform(
