@@ -213,7 +213,8 @@ def _note_random_weights(args: argparse.Namespace) -> None:
 
 # -- predictions ------------------------------------------------------------------------------------------
 def run_predictions(args: argparse.Namespace) -> int:
-    from ..detection.predict import LoadedDetector, detect, draw, load_detector
+    from ..detection.loading import LoadedDetector, load_detector
+    from ..detection.predict import detect, draw
     from ..engine.distributed import resolve_device
     from ..segmentation.predict import load_segmenter, overlay, segment
     from ..segmentation.transforms import model_input as segmenter_input
