@@ -14,13 +14,13 @@ from .config import DetectionConfig
 from .data import CocoDetection
 from .evaluate import evaluate
 from .loading import LoadedDetector, load_detector
-from .model import DETECTORS, build_backbone, build_detector
+from .model import build_backbone, build_detector
 from .neck import PyramidBackboneWithFPN
 from .one_stage.atss import ATSS
 from .one_stage.gfl import GFL
 from .predict import predict
 from .query.sparse_rcnn import SparseRCNN
-from .registry import detector_spec
+from .registry import DETECTORS, detector_spec
 from .train import train
 
 __all__ = [
