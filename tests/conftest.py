@@ -7,8 +7,7 @@ import torch
 from pvtv2.data.shapes import write_coco_shapes
 
 from . import oracle
-
-DETECTION_SCENE_SIZE = 64  # the tiny detectors' scenes (each detection test module's SIZE)
+from .detectors import SCENE_SIZE
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +28,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 training and 4 held-out generated 64-pixel COCO-format scenes for the detection tests (read only)."""
-    return write_coco_shapes(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=4, size=DETECTION_SCENE_SIZE,
+    return write_coco_shapes(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=4, size=SCENE_SIZE,
                              seed=1, max_objects=3)
 
 

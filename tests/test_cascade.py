@@ -1,34 +1,27 @@
-"""Cascade Mask R-CNN (Table 4): stage targets, refinement, parameter and FLOP counts, a training step, the
-evaluation output, a strict checkpoint round trip and the CLI, on tiny models and 64-pixel scenes."""
+"""Cascade Mask R-CNN (Table 4): stage targets, refinement, the aligned RoIAlign, losses per stage, parameter and
+FLOP counts, on tiny models and 64-pixel scenes (what every detector goes through: test_detectors.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 
 from pvtv2.detection import build_detector
-from pvtv2.detection.cascade import STAGE_LOSS_WEIGHTS, CascadeRoIHeads
 from pvtv2.detection.complexity import COCO_CLASSES, table4_rows
-from pvtv2.detection.config import DetectionConfig
 from pvtv2.detection.roi_align import AlignedMultiScaleRoIAlign
+from pvtv2.detection.two_stage.cascade import STAGE_LOSS_WEIGHTS, CascadeRoIHeads
 from pvtv2.errors import InputError
 from pvtv2.models import reference
 from pvtv2.models.complexity import count_params
 
-from .detectors import assert_cli_trains_evaluates_predicts, assert_loads_strictly
-
-SIZE = 64
-TINY = dict(fpn_channels=16, box_head_channels=32, mask_head_channels=16, anchor_sizes=(8, 16, 32, 64, 128),
-            min_size=SIZE, max_size=SIZE, box_batch_size_per_image=32, rpn_post_nms_top_n_train=100,
-            rpn_post_nms_top_n_test=50)
+from .detectors import SCENE_SIZE as SIZE
+from .detectors import tiny_detector
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: see conftest.py
 
 
 def _tiny(**kwargs: object) -> torch.nn.Module:
-    return build_detector("cascade_mask_rcnn", "pvt_v2_b0", num_classes=3, **{**TINY, **kwargs})
+    return tiny_detector("cascade_mask_rcnn", **kwargs)
 
 
 def _targets() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -85,18 +78,6 @@ def test_aligned_roi_align_differs_from_torchvision_by_half_a_pixel() -> None:
     torch.testing.assert_close(aligned.flatten(), plain.flatten() - 0.5)
 
 
-@pytest.mark.parametrize("backbone", ["pvt_v2_b2", "pvt_v2_b2_li"])
-def test_params_and_flops_within_1_percent_of_table4(backbone: str) -> None:
-    """Table 4's 83 M / 788 GFLOPs (B2) and 80 M / 725 GFLOPs (B2-Li) at 1280x800, within 1%."""
-    paper = reference.published(reference.COCO_DETECTORS)[f"cascade_mask_rcnn/{backbone}"]
-    with torch.device("meta"):
-        detector = build_detector("cascade_mask_rcnn", backbone, num_classes=COCO_CLASSES)
-    assert count_params(detector) / 1e6 == pytest.approx(paper["params_M"], rel=0.01)
-    (row,) = [r for r in table4_rows([backbone]) if r.model == f"cascade_mask_rcnn/{backbone}"]
-    assert row.params_ok and row.GFLOPs_ok, row
-    assert row.GFLOPs == pytest.approx(paper["GFLOPs"], rel=0.01)
-
-
 def test_training_step_gives_finite_losses_per_stage() -> None:
     """Every stage has its classification, GIoU and mask loss, all finite, and every stage's heads learn."""
     model = _tiny().train()
@@ -113,6 +94,18 @@ def test_training_step_gives_finite_losses_per_stage() -> None:
             assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), stage
 
 
+@pytest.mark.parametrize("backbone", ["pvt_v2_b2", "pvt_v2_b2_li"])
+def test_params_and_flops_within_1_percent_of_table4(backbone: str) -> None:
+    """Table 4's 83 M / 788 GFLOPs (B2) and 80 M / 725 GFLOPs (B2-Li) at 1280x800, within 1%."""
+    paper = reference.published(reference.COCO_DETECTORS)[f"cascade_mask_rcnn/{backbone}"]
+    with torch.device("meta"):
+        detector = build_detector("cascade_mask_rcnn", backbone, num_classes=COCO_CLASSES)
+    assert count_params(detector) / 1e6 == pytest.approx(paper["params_M"], rel=0.01)
+    (row,) = [r for r in table4_rows([backbone]) if r.model == f"cascade_mask_rcnn/{backbone}"]
+    assert row.params_ok and row.GFLOPs_ok, row
+    assert row.GFLOPs == pytest.approx(paper["GFLOPs"], rel=0.01)
+
+
 def test_training_without_masks_is_an_error() -> None:
     model = _tiny().train()
     images, targets = _targets()
@@ -120,45 +113,3 @@ def test_training_without_masks_is_an_error() -> None:
         del target["masks"]
     with pytest.raises(InputError, match="without masks"):
         model(images, targets)
-
-
-def test_eval_output_format() -> None:
-    """Boxes, labels 1..K, scores and (N, 1, H, W) mask probabilities, in the input image's pixels."""
-    model = _tiny(box_score_thresh=0.0, box_detections_per_img=20).eval()
-    with torch.no_grad():
-        (output,) = model([torch.rand(3, 48, 80)])
-    assert set(output) == {"boxes", "labels", "scores", "masks"}
-    count = len(output["boxes"])
-    assert 0 < count <= 20
-    assert output["boxes"].shape == (count, 4) and output["masks"].shape == (count, 1, 48, 80)
-    assert output["labels"].min() >= 1 and output["labels"].max() <= 3
-    assert ((0 <= output["masks"]) & (output["masks"] <= 1)).all()
-    assert output["boxes"][:, 2].max() <= 80 and output["boxes"][:, 3].max() <= 48
-    assert torch.all(output["scores"][:-1] >= output["scores"][1:])
-
-
-def test_saved_detector_loads_strictly(tmp_path: Path) -> None:
-    """A saved cascade loads into a fresh one with strict=True and predicts the same."""
-    assert_loads_strictly(lambda: _tiny(box_score_thresh=0.0), torch.rand(3, SIZE, SIZE), tmp_path / "cascade.pth")
-
-
-def test_config_kind_and_shipped_configs() -> None:
-    """cascade_mask_rcnn is a config detector kind; the shipped 3x configs are the official recipe."""
-    configs = Path(__file__).resolve().parents[1] / "configs" / "detection"
-    for backbone in ("pvt_v2_b2", "pvt_v2_b2_li"):
-        cfg = DetectionConfig.load(configs / f"cascade_mask_rcnn_{backbone}_3x.yaml")
-        assert (cfg.model.detector, cfg.model.backbone, cfg.data.train_augment) == ("cascade_mask_rcnn", backbone,
-                                                                                   "official")
-        assert (cfg.optim.epochs, cfg.optim.lr_steps, cfg.optim.lr, cfg.optim.lr_base_batch) == (36, (27, 33), 1e-4, 16)
-        assert (cfg.optim.weight_decay, cfg.optim.no_decay_norms, cfg.run.amp) == (0.05, True, "fp16")
-    shapes_cfg = DetectionConfig.load(configs / "shapes_cascade_mask_rcnn_pvt_v2_b0.yaml")
-    assert (shapes_cfg.model.detector, shapes_cfg.data.dataset) == ("cascade_mask_rcnn", "shapes")
-
-
-def test_cli_train_eval_predict(shapes: Path, tmp_path: Path) -> None:
-    """det-train on a tiny YAML config, det-eval's box and mask figures, det-predict's drawing."""
-    model = dict(detector="cascade_mask_rcnn", backbone="pvt_v2_b0", drop_path_rate=0.0, fpn_channels=16,
-                 box_head_channels=32, mask_head_channels=16, anchor_sizes=[8, 16, 32, 64, 128],
-                 box_batch_size_per_image=32, rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50,
-                 detections_per_img=20)
-    assert_cli_trains_evaluates_predicts(model, shapes, tmp_path, SIZE, ("bbox", "segm"))

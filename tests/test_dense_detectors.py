@@ -1,7 +1,7 @@
 """ATSS and GFL (Table 4) and what they share with RetinaNet: the assigner, the losses and the integral against
 hand-computed values, the neck without ReLU before P7, anchors at the levels' strides, the official
-multi-scale augmentation, parameter counts against Table 4, a training step and evaluation output, the config
-keys, and det-train / det-eval / det-predict through the CLI.
+multi-scale augmentation, parameter counts against Table 4, the config keys, DDP and fitting the scenes
+(what every detector goes through: test_detectors.py).
 """
 
 from __future__ import annotations
@@ -19,26 +19,21 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from pvtv2.cli.main import main
-from pvtv2.detection import build_backbone, build_detector
-from pvtv2.detection.assigners import atss_assign
-from pvtv2.detection.augment import RandomSizeCrop, official_multiscale
+from pvtv2.detection import build_backbone
+from pvtv2.detection.anchors import LevelAnchorGenerator
 from pvtv2.detection.complexity import OFFICIAL_PARAMS_M, table4_rows
 from pvtv2.detection.config import DetectionConfig, resolved_lr
 from pvtv2.detection.data import CocoDetection, collate, split_paths, train_transform
-from pvtv2.detection.anchors import LevelAnchorGenerator
-from pvtv2.detection.dense_heads import centerness_target
-from pvtv2.detection.losses import distribution_focal_loss, integral, quality_focal_loss
+from pvtv2.detection.data.augment import RandomSizeCrop, official_multiscale
+from pvtv2.detection.one_stage.atss import centerness_target
+from pvtv2.detection.one_stage.atss_assigner import atss_assign
+from pvtv2.detection.one_stage.gfl_losses import distribution_focal_loss, integral, quality_focal_loss
 from pvtv2.engine.config import ConfigError
-from pvtv2.engine.training_state import read_training_checkpoint
 from pvtv2.models import reference
 
+from .detectors import SCENE_SIZE as SIZE
+from .detectors import tiny_config, tiny_detector
 from .distributed import det_train_alone_and_in_two_processes
-
-SIZE = 64
-REPO = Path(__file__).resolve().parents[1]
-# Quick dense detectors for 64-pixel scenes: the paper's structure, a 32-channel FPN (GroupNorm's 32 groups).
-TINY = dict(fpn_channels=32, anchor_sizes=(16, 32, 64, 128, 256), min_size=SIZE, max_size=SIZE)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: see conftest.py
 
@@ -139,7 +134,7 @@ def test_retinanet_state_dict_and_params_unchanged_by_the_p7_fix() -> None:
     """The no-ReLU block has torchvision's convs: a RetinaNet with torchvision's stock block loads into ours
     strictly, with the same parameter count, and only P7 differs between the two."""
     torch.manual_seed(0)
-    ours = build_detector("retinanet", "pvt_v2_b0", num_classes=3, **TINY)
+    ours = tiny_detector("retinanet")
     stock = copy.deepcopy(ours)
     block = LastLevelP6P7(256, 32)
     block.use_P5 = False
@@ -223,41 +218,6 @@ def test_table_cli_shows_table_4(capsys: pytest.CaptureFixture[str]) -> None:
     assert [r["GFLOPs_paper"] for r in rows] == [258, 261, 788, 215] and all(r["GFLOPs_ok"] and r["params_ok"] for r in rows)
 
 
-@pytest.mark.parametrize("kind", ["atss", "gfl"])
-def test_training_step_and_eval_output(shapes: Path, kind: str) -> None:
-    """Two AdamW steps: the named losses are finite and positive, every parameter gets a gradient; in eval mode,
-    torchvision-style detections: boxes in the image, labels 1..3, scores sorted, at most detections_per_img."""
-    torch.manual_seed(0)
-    model = build_detector(kind, "pvt_v2_b0", num_classes=3, **TINY, detections_per_img=20, score_thresh=0.0)
-    paths = split_paths(shapes, "train")
-    dataset = CocoDetection(paths.images, paths.annotations, train_transform((SIZE, SIZE), SIZE), with_masks=False)
-    images, targets = collate([dataset[i] for i in range(4)])
-    targets[0] = dict(targets[0], boxes=targets[0]["boxes"][:0], labels=targets[0]["labels"][:0])  # an empty image
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    before = [p.detach().clone() for p in model.parameters()]
-    model.train()
-    for _ in range(2):
-        losses = model(images, targets)
-        assert set(losses) == ({"classification", "bbox_regression", "centerness"} if kind == "atss"
-                               else {"classification", "bbox_regression", "distribution"})
-        assert all(torch.isfinite(v) and v > 0 for v in losses.values()), losses
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        assert all(p.grad is not None for p in model.parameters())
-        optimizer.step()
-    assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters())) > len(before) // 2
-
-    model.eval()
-    with torch.no_grad():
-        outputs = model([torch.rand(3, 48, 80), images[1]])
-    for output, (height, width) in zip(outputs, [(48, 80), images[1].shape[-2:]]):
-        assert set(output) == {"boxes", "scores", "labels"}
-        assert 0 < len(output["boxes"]) <= 20 and output["boxes"].shape[1] == 4
-        assert (output["boxes"][:, 2] <= width).all() and (output["boxes"][:, 3] <= height).all()
-        assert (output["boxes"] >= 0).all() and set(output["labels"].tolist()) <= {1, 2, 3}
-        assert torch.equal(output["scores"], output["scores"].sort(descending=True).values)
-
-
 def test_config_keys_and_limits() -> None:
     """detector atss/gfl, train_augment official|paper (default official), lr_base_batch >= 1; bad values name
     the key. The lr scales with the total batch: 1e-4 for 16 is 2.5e-5 for 1 GPU x 2 x 2 accumulated."""
@@ -276,46 +236,6 @@ def test_config_keys_and_limits() -> None:
     assert resolved_lr(optim, world_size=1) == (1e-4, 4)
 
 
-@pytest.mark.parametrize("kind", ["atss", "gfl"])
-def test_coco_3x_configs(kind: str) -> None:
-    """The official 3x recipe: AdamW 1e-4 for batch 16, weight decay 0.05, 36 epochs with steps at 27 and 33,
-    500 warm-up iterations, the official multi-scale augmentation."""
-    for backbone in ("pvt_v2_b2", "pvt_v2_b2_li"):
-        config = DetectionConfig.load(REPO / "configs" / "detection" / f"{kind}_{backbone}_3x.yaml")
-        assert (config.model.detector, config.model.backbone, config.data.train_augment) == (kind, backbone, "official")
-        optim = config.optim
-        assert (optim.epochs, optim.lr_steps, optim.lr, optim.lr_base_batch, optim.weight_decay, optim.warmup_iters) \
-            == (36, (27, 33), 1e-4, 16, 0.05, 500)
-
-
-@pytest.mark.parametrize("kind", ["atss", "gfl"])
-def test_shapes_config_trains_evaluates_and_predicts_through_the_cli(tmp_path: Path, kind: str,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    """det-train with the shipped shapes config, scaled to 4 scenes and one epoch; det-eval scores the
-    checkpoint (box figures only); det-predict draws and lists detections."""
-    config = REPO / "configs" / "detection" / f"shapes_{kind}_pvt_v2_b0.yaml"
-    overrides = ["--root", str(tmp_path / "shapes"), "--shapes_train", "4", "--shapes_val", "2", "--epochs", "1",
-                 "--output_dir", str(tmp_path / "run"), "--device", "cpu", "--warmup_iters", "1"]
-    assert main(["det-train", "--config", str(config), *overrides]) == 0
-    checkpoint = tmp_path / "run" / "last.pth"
-    state = read_training_checkpoint(checkpoint)
-    assert state["config"]["model"]["detector"] == kind and "bbox_AP" in state["metrics"]
-    losses = {"classification", "bbox_regression", "centerness" if kind == "atss" else "distribution"}
-    assert losses <= set(state["metrics"]) and all(math.isfinite(state["metrics"][k]) for k in losses)
-    figures = tmp_path / "figures.json"
-    assert main(["det-eval", "--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0",
-                 "--json", str(figures)]) == 0
-    assert json.loads(figures.read_text())["bbox_AP"] == pytest.approx(state["metrics"]["bbox_AP"])
-    scene = next((tmp_path / "shapes" / "val").glob("*.png"))
-    drawing = tmp_path / "drawing.png"
-    capsys.readouterr()
-    assert main(["det-predict", str(scene), "--checkpoint", str(checkpoint), "--out", str(drawing),
-                 "--score-threshold", "0", "--device", "cpu", "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert drawing.is_file() and printed["out"] == str(drawing)
-    assert all(d["label"] in ("circle", "square", "triangle") and len(d["box"]) == 4 for d in printed["detections"])
-
-
 @pytest.mark.slow
 def test_two_processes_train_the_same_atss_as_one(shapes: Path, tmp_path: Path) -> None:
     """torchrun, 2 CPU processes with batch 2 each == 1 process with batch 4: the loss normalisers (positives,
@@ -323,14 +243,8 @@ def test_two_processes_train_the_same_atss_as_one(shapes: Path, tmp_path: Path) 
     gradient is the one batch's. (As in MMDetection, this holds while the averaged normalisers are at least 1,
     where they are clamped: GFL's box weights, the initial class scores of ~0.01, are clamped at first.)"""
     def config(out: str, batch: int) -> Path:
-        cfg = DetectionConfig.from_dict(dict(
-            model=dict(detector="atss", backbone="pvt_v2_b0", drop_path_rate=0.0, fpn_channels=32,
-                       anchor_sizes=[16, 32, 64, 128, 256], detections_per_img=20),
-            data=dict(dataset="coco", root=str(shapes), train_split="train", val_split="val",
-                      train_min_size=[SIZE, SIZE], min_size=SIZE, max_size=SIZE, num_workers=0, hflip=0.0),
-            optim=dict(epochs=1, batch_size=batch, lr=1e-3, lr_base_batch=None, warmup_iters=2, lr_steps=[1, 2]),
-            run=dict(output_dir=str(tmp_path / out), device="cpu", seed=0),
-        ))
+        cfg = tiny_config("atss", shapes, tmp_path / out, batch_size=batch, lr_base_batch=None)
+        cfg.data.hflip = 0.0  # no random draw: each process would draw its own
         path = tmp_path / f"{out}.yaml"
         path.write_text(cfg.to_yaml())
         return path
@@ -345,15 +259,15 @@ def test_two_processes_train_the_same_atss_as_one(shapes: Path, tmp_path: Path) 
 def test_fits_its_training_scenes(shapes: Path, kind: str) -> None:
     """200 AdamW steps on 8 scenes from random weights: the boxes it then predicts on those scenes score box
     AP >= 0.8 (about 0.99 measured), so losses, decoding and post-processing agree with each other."""
+    from pvtv2.detection.coco_metric import coco_metrics, predict_dataset
     from pvtv2.detection.data import eval_transform
-    from pvtv2.detection.evaluate import coco_metrics, predict_dataset
 
     torch.manual_seed(0)
     paths = split_paths(shapes, "train")
     train_set = CocoDetection(paths.images, paths.annotations, train_transform((SIZE, SIZE), SIZE, hflip=0.0),
                               with_masks=False, skip_empty=True)
     batches = [collate([train_set[i] for i in range(start, start + 4)]) for start in (0, 4)]
-    model = build_detector(kind, "pvt_v2_b0", num_classes=3, **TINY)
+    model = tiny_detector(kind)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     model.train()
     for step in range(200):
@@ -376,7 +290,7 @@ def test_fits_its_training_scenes(shapes: Path, kind: str) -> None:
 ])
 def test_max_iou_matcher_assigns_as_mmdetection(pos, neg, min_pos, low_quality) -> None:
     """MaxIoUMatcher against MMDetection's own MaxIoUAssigner on random overlaps with ties and empty columns."""
-    from pvtv2.detection.assigners import MaxIoUMatcher
+    from pvtv2.detection.max_iou_assigner import MaxIoUMatcher
 
     from . import oracle
 

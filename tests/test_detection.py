@@ -1,7 +1,7 @@
-"""Detection: RetinaNet and Mask R-CNN with PVT backbones, on tiny generated shapes (64x64 scenes).
-
-Builds, a few training steps, COCO evaluation, checkpoints and resume, prediction drawings, bad input,
-and every detector's parameter count against the paper's Table 3.
+"""Detection: RetinaNet's and Mask R-CNN's specifics with PVT backbones on tiny generated shapes (64x64 scenes):
+the masks in the original pixels, the training transform, the data set's errors, the config's, P6 from C5,
+every backbone's parameter count under both against the paper's Table 3, and Mask R-CNN fitting its scenes
+(what every detector goes through: test_detectors.py).
 """
 
 from __future__ import annotations
@@ -11,33 +11,21 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from PIL import Image
 
-from pvtv2.models import reference
 from pvtv2.cli.main import main
 from pvtv2.data import DatasetError
 from pvtv2.detection import build_backbone, build_detector
 from pvtv2.detection.complexity import PAPER_COLUMN, table3_rows
 from pvtv2.detection.config import DetectionConfig
 from pvtv2.detection.data import CocoDetection, collate, eval_transform, split_paths, train_transform
-from pvtv2.detection.evaluate import STAT_NAMES, coco_metrics, predict_dataset
-from pvtv2.detection.predict import evaluate_checkpoint, load_detector
-from pvtv2.detection.train import train
 from pvtv2.engine.config import ConfigError
-from pvtv2.engine.training_state import read_training_checkpoint
+from pvtv2.models import reference
 
-from .distributed import det_train_alone_and_in_two_processes
+from .detectors import SCENE_SIZE as SIZE
+from .detectors import tiny_detector
 
 # The paper's models (the zoo also has -Li variants of every size, which the paper has no figures for).
 PAPER_MODELS = list(reference.published(reference.IMAGENET))
-
-SIZE = 64
-REPO = Path(__file__).resolve().parents[1]
-# Quick models for 64-pixel scenes: the paper's structure, narrow layers.
-TINY = dict(fpn_channels=32, box_head_channels=64, mask_head_channels=32, anchor_sizes=(8, 16, 32, 64, 128),
-            min_size=SIZE, max_size=SIZE)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: see conftest.py
 
@@ -48,52 +36,9 @@ def _dataset(root: Path, split: str, train: bool, with_masks: bool = True) -> Co
     return CocoDetection(paths.images, paths.annotations, transform, with_masks=with_masks, skip_empty=train)
 
 
-def _config(root: Path, out: Path, detector: str, **optim: object):
-    return DetectionConfig.from_dict(dict(
-        model=dict(detector=detector, backbone="pvt_v2_b0", drop_path_rate=0.0, fpn_channels=32, box_head_channels=64,
-                   mask_head_channels=32, anchor_sizes=[8, 16, 32, 64, 128], box_batch_size_per_image=32,
-                   rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, detections_per_img=20),
-        data=dict(dataset="coco", root=str(root), train_split="train", val_split="val", train_min_size=[SIZE, SIZE],
-                  min_size=SIZE, max_size=SIZE, num_workers=0),
-        optim={**dict(epochs=1, batch_size=4, lr=1e-3, warmup_iters=2, lr_steps=[1, 2]), **optim},
-        run=dict(output_dir=str(out), device="cpu", seed=0),
-    ))
-
-
-@pytest.mark.parametrize("detector", ["retinanet", "mask_rcnn"])
-def test_detector_trains_and_evaluates(shapes: Path, detector: str) -> None:
-    """A few AdamW steps change the weights with finite losses; evaluation gives pycocotools' figures."""
-    with_masks = detector == "mask_rcnn"
-    model = build_detector(detector, "pvt_v2_b0", num_classes=3, **TINY)
-    train_set = _dataset(shapes, "train", train=True, with_masks=with_masks)
-    images, targets = collate([train_set[i] for i in range(4)])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    before = [p.detach().clone() for p in model.parameters()]
-    model.train()
-    for _ in range(2):
-        losses = model(images, targets)
-        assert all(torch.isfinite(v) for v in losses.values()), losses
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
-    assert ("loss_mask" in losses) == with_masks
-    assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters())) > len(before) // 2
-
-    val_set = _dataset(shapes, "val", train=False, with_masks=with_masks)
-    loader = torch.utils.data.DataLoader(val_set, 2, collate_fn=collate)
-    results = predict_dataset(model, loader, torch.device("cpu"), show_progress=False)
-    assert all(r["category_id"] in (1, 2, 3) and len(r["bbox"]) == 4 for r in results)
-    assert all(("segmentation" in r) == with_masks for r in results)
-    iou_types = ("bbox", "segm") if with_masks else ("bbox",)
-    metrics = coco_metrics(val_set, results, iou_types)
-    assert set(metrics) == {f"{t}_{s}" for t in iou_types for s in STAT_NAMES}
-    assert all(-1.0 <= v <= 1.0 for v in metrics.values())
-
-
 def test_mask_rcnn_output_in_original_pixels(shapes: Path) -> None:
     """Evaluation images of any size come back as boxes and masks of that size (COCO compares there)."""
-    model = build_detector("mask_rcnn", "pvt_v2_b0", num_classes=3, **TINY,
-                           box_score_thresh=0.0).eval()
+    model = tiny_detector("mask_rcnn", box_score_thresh=0.0).eval()
     with torch.no_grad():
         (output,) = model([torch.rand(3, 48, 80)])
     assert output["masks"].shape[-2:] == (48, 80)
@@ -116,42 +61,6 @@ def test_train_transform_keeps_boxes_and_masks_together(shapes: Path) -> None:
             # The mask's extent and its box agree to within a pixel or two of resampling.
             assert abs(xs.min() - box[0]) <= 2 and abs(xs.max() + 1 - box[2]) <= 2
             assert abs(ys.min() - box[1]) <= 2 and abs(ys.max() + 1 - box[3]) <= 2
-
-
-def test_train_checkpoint_resume_eval_predict(shapes: Path, tmp_path: Path) -> None:
-    """det-train writes a checkpoint that det-eval scores as training did; resume continues; det-predict draws."""
-    out = tmp_path / "run"
-    metrics = train(_config(shapes, out, "mask_rcnn"))
-    state = read_training_checkpoint(out / "last.pth")
-    assert state["task"] == "detection" and state["epoch"] == 1 and state["class_names"] == ["circle", "square", "triangle"]
-    assert evaluate_checkpoint(out / "last.pth", device="cpu", num_workers=0) == pytest.approx(metrics)
-
-    resumed = _config(shapes, out, "mask_rcnn", **{})
-    resumed.optim.epochs, resumed.run.resume = 2, "auto"
-    train(resumed)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2]
-    assert read_training_checkpoint(out / "last.pth")["epoch"] == 2
-
-    scene = next((shapes / "val").glob("*.png"))
-    drawing = tmp_path / "drawing.png"
-    assert main(["det-predict", str(scene), "--checkpoint", str(out / "last.pth"), "--out", str(drawing),
-                 "--score-threshold", "0", "--device", "cpu"]) == 0
-    assert Image.open(drawing).size == Image.open(scene).size
-    detector = load_detector(out / "last.pth", "cpu")
-    assert detector.class_names == ["circle", "square", "triangle"] and not detector.model.training
-
-
-def test_det_train_cli_retinanet(shapes: Path, tmp_path: Path) -> None:
-    """The CLI reads a YAML config with overrides and trains; det-eval prints box figures only."""
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(_config(shapes, tmp_path / "out", "retinanet").to_dict()))
-    assert main(["det-train", "--config", str(config), "--batch_size", "8"]) == 0
-    assert read_training_checkpoint(tmp_path / "out" / "last.pth")["config"]["optim"]["batch_size"] == 8
-    figures = tmp_path / "figures.json"
-    assert main(["det-eval", "--checkpoint", str(tmp_path / "out" / "last.pth"), "--device", "cpu", "--workers", "0",
-                 "--json", str(figures)]) == 0
-    assert sorted(json.loads(figures.read_text())) == sorted(f"bbox_{s}" for s in STAT_NAMES)
 
 
 def _broken(shapes: Path, tmp_path: Path, edit) -> Path:
@@ -211,15 +120,6 @@ def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
         DetectionConfig.from_dict({"model": {"detector": "yolo"}})
 
 
-def test_every_detector_config_loads() -> None:
-    """A COCO config for every backbone x detector of Table 3, each valid."""
-    configs = REPO / "configs" / "detection"
-    for name in reference.published(reference.COCO):
-        for detector in ("retinanet", "mask_rcnn"):
-            config = DetectionConfig.load(configs / f"{detector}_{name}_1x.yaml")
-            assert (config.model.detector, config.model.backbone, config.optim.epochs) == (detector, name, 12)
-
-
 def test_param_counts_within_3_percent_of_paper() -> None:
     """Every backbone under both detectors (80 classes) counts within 3% of the paper's Table 3."""
     names = list(reference.published(reference.COCO))
@@ -257,44 +157,12 @@ def test_unknown_detector_is_an_error() -> None:
         build_detector("yolo", "pvt_v2_b0")
 
 
-def test_two_processes_train_the_same_retinanet_as_one(shapes: Path, tmp_path: Path) -> None:
-    """torchrun, 2 CPU processes with gloo and batch 2 each == 1 process with batch 4: RetinaNet's loss is a
-    mean over images and DDP averages gradients over processes, so the steps are the same."""
-    def config(out: str, batch: int) -> Path:
-        cfg = _config(shapes, tmp_path / out, "retinanet", batch_size=batch)
-        cfg.data.hflip = 0.0  # no random draw: each process would draw its own
-        path = tmp_path / f"{out}.yaml"
-        path.write_text(yaml.safe_dump(cfg.to_dict()))
-        return path
-
-    single, pair, printed = det_train_alone_and_in_two_processes(config, tmp_path)
-    assert "2 process(es) on cpu" in printed
-    for key, value in single["model"].items():
-        torch.testing.assert_close(pair["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
-    # Every held-out image is scored once, whichever process predicted it.
-    assert pair["metrics"]["bbox_AP"] == pytest.approx(single["metrics"]["bbox_AP"], abs=1e-3)
-
-
-@pytest.mark.parametrize("detector", ["retinanet", "mask_rcnn", "sparse_rcnn"])
-def test_shapes_config_generates_its_data_and_trains(tmp_path: Path, detector: str) -> None:
-    """The shipped shapes configs (the slow check's), scaled to a few scenes: the data set is written on
-    first use, training and evaluation run, and a folder of another shapes data set is refused."""
-    config = REPO / "configs" / "detection" / f"shapes_{detector}_pvt_v2_b0.yaml"
-    overrides = ["--root", str(tmp_path / "shapes"), "--shapes_train", "4", "--shapes_val", "2", "--epochs", "1",
-                 "--output_dir", str(tmp_path / "run"), "--device", "cpu", "--warmup_iters", "1"]
-    assert main(["det-train", "--config", str(config), *overrides]) == 0
-    assert split_paths(tmp_path / "shapes", "val").annotations.is_file()
-    assert "bbox_AP" in read_training_checkpoint(tmp_path / "run" / "last.pth")["metrics"]
-    with pytest.raises(DatasetError, match="holds a shapes data set with 4 train scenes"):
-        train(DetectionConfig.load(config, [("root", str(tmp_path / "shapes")), ("shapes_train", "5"), ("device", "cpu")]))
-
-
 @pytest.mark.slow
 def test_training_loss_falls(shapes: Path) -> None:
     """40 AdamW steps of Mask R-CNN on the same 8 scenes: it fits them, its loss falls well below the start.
     (RetinaNet's focal loss, from a random backbone, moves too little in 40 steps for such a check.)"""
     detector = "mask_rcnn"
-    model = build_detector(detector, "pvt_v2_b0", num_classes=3, **TINY)
+    model = tiny_detector(detector)
     dataset = _dataset(shapes, "train", train=True, with_masks=detector == "mask_rcnn")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()

@@ -179,7 +179,7 @@ def test_coco_figures_are_mmdetections_cocometric(tmp_path: Path) -> None:
     from PIL import Image
 
     from pvtv2.detection.data import CocoDetection
-    from pvtv2.detection.evaluate import STAT_NAMES, coco_metrics, to_coco_results
+    from pvtv2.detection.coco_metric import STAT_NAMES, coco_metrics, to_coco_results
 
     from . import oracle
 

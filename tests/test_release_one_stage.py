@@ -26,7 +26,8 @@ from pvtv2.cli.main import main
 from pvtv2.detection import build_detector
 from pvtv2.detection.config import DetectionConfig
 from pvtv2.detection.model import build_from_config
-from pvtv2.detection.predict import detect, load_detector
+from pvtv2.detection.loading import load_detector
+from pvtv2.detection.predict import detect
 from pvtv2.detection.registry import detector_spec
 from pvtv2.detection.release import to_release
 from pvtv2.engine.training_state import FORMAT_KEY, FORMAT_VERSION, atomic_save

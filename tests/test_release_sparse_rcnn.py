@@ -24,7 +24,7 @@ from pvtv2.detection import build_detector
 from pvtv2.detection.boxes import DeltaXYWHCoder
 from pvtv2.detection.registry import detector_spec
 from pvtv2.detection.release import from_release, to_release
-from pvtv2.detection.sparse_rcnn import BOX_STDS
+from pvtv2.detection.query.sparse_rcnn import BOX_STDS
 from pvtv2.engine.release import ReleaseFileError, read_release
 from tests import oracle
 

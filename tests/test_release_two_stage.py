@@ -24,11 +24,11 @@ from pvtv2.detection import build_detector
 from pvtv2.detection.boxes import NMS_SPLIT, DeltaXYWHCoder, batched_nms
 from pvtv2.detection.config import DetectionConfig
 from pvtv2.detection.model import build_from_config
-from pvtv2.detection.predict import load_detector
+from pvtv2.detection.loading import load_detector
 from pvtv2.detection.registry import detector_spec
 from pvtv2.detection.release import to_release
 from pvtv2.detection.roi_align import FINEST_SCALE, roi_levels
-from pvtv2.detection.roi_heads import BoxPredictor, MaskPredictor
+from pvtv2.detection.two_stage.roi_heads import BoxPredictor, MaskPredictor
 from pvtv2.engine.release import ReleaseFileError, parse_config_text
 from pvtv2.engine.training_state import FORMAT_KEY, FORMAT_VERSION, check_optimizer_state
 from pvtv2.models.loading import CheckpointError

@@ -1,11 +1,10 @@
 """Sparse R-CNN (Table 4): the Hungarian matching against brute force, the dynamic convolution, the stages,
-the learned proposals, the losses, the test output, parameter and FLOP counts, a strict checkpoint round trip
-and the CLI, on tiny models and 64-pixel scenes."""
+the learned proposals, the losses, the test output, parameter and FLOP counts, on tiny models and 64-pixel
+scenes (what every detector goes through: test_detectors.py)."""
 
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from torchvision.ops import generalized_box_iou
 from pvtv2.detection import build_detector
 from pvtv2.detection.complexity import COCO_CLASSES, table4_rows
 from pvtv2.detection.config import DetectionConfig
-from pvtv2.detection.sparse_rcnn import (
+from pvtv2.detection.query.sparse_rcnn import (
     FOCAL_ALPHA, FOCAL_WEIGHT, GIOU_WEIGHT, L1_WEIGHT, NUM_PROPOSALS, NUM_STAGES, DynamicConv, SparseStage,
     hungarian_match, matching_cost,
 )
@@ -23,16 +22,17 @@ from pvtv2.errors import InputError
 from pvtv2.models import reference
 from pvtv2.models.complexity import count_params
 
-from .detectors import assert_cli_trains_evaluates_predicts, assert_loads_strictly
+from .detectors import SCENE_SIZE as SIZE
+from .detectors import TINY as TINY_DETECTORS
+from .detectors import tiny_detector
 
-SIZE = 64
-TINY = dict(fpn_channels=16, num_proposals=12, num_stages=2, min_size=SIZE, max_size=SIZE, detections_per_img=20)
+TINY = TINY_DETECTORS["sparse_rcnn"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: see conftest.py
 
 
 def _tiny(**kwargs: object) -> torch.nn.Module:
-    return build_detector("sparse_rcnn", "pvt_v2_b0", num_classes=3, **{**TINY, **kwargs})
+    return tiny_detector("sparse_rcnn", **kwargs)
 
 
 def _targets() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -194,30 +194,3 @@ def test_params_and_flops_within_1_percent_of_table4(backbone: str) -> None:
     (row,) = [r for r in table4_rows([backbone]) if r.model == f"sparse_rcnn/{backbone}"]
     assert row.params_ok and row.GFLOPs_ok, row
     assert row.GFLOPs == pytest.approx(paper["GFLOPs"], rel=0.01)
-
-
-def test_saved_detector_loads_strictly(tmp_path: Path) -> None:
-    assert_loads_strictly(_tiny, torch.rand(3, SIZE, SIZE), tmp_path / "sparse.pth")
-
-
-def test_shipped_configs_carry_the_official_optimizer() -> None:
-    """The 3x configs: AdamW 2.5e-5 / 1.4 for a total batch of 8, weight decay 1e-4, clip 1, fp32, 300
-    proposals and detections; the shapes config is a sparse_rcnn on generated shapes."""
-    configs = Path(__file__).resolve().parents[1] / "configs" / "detection"
-    for backbone in ("pvt_v2_b2", "pvt_v2_b2_li"):
-        cfg = DetectionConfig.load(configs / f"sparse_rcnn_{backbone}_3x.yaml")
-        assert (cfg.model.detector, cfg.model.backbone, cfg.data.train_augment) == ("sparse_rcnn", backbone, "official")
-        assert cfg.optim.lr == pytest.approx(2.5e-5 / 1.4, rel=1e-4) and cfg.optim.lr_base_batch == 8
-        assert (cfg.optim.weight_decay, cfg.optim.clip_grad, cfg.run.amp, cfg.optim.no_decay_norms) == (1e-4, 1.0, "none",
-                                                                                                       False)
-        assert (cfg.optim.epochs, cfg.optim.lr_steps, cfg.optim.batch_size) == (36, (27, 33), 1)
-        assert (cfg.model.num_proposals, cfg.model.detections_per_img) == (300, 300)
-    shapes_cfg = DetectionConfig.load(configs / "shapes_sparse_rcnn_pvt_v2_b0.yaml")
-    assert (shapes_cfg.model.detector, shapes_cfg.data.dataset) == ("sparse_rcnn", "shapes")
-
-
-def test_cli_train_eval_predict(shapes: Path, tmp_path: Path) -> None:
-    """det-train on a tiny YAML config, det-eval's box figures, det-predict's drawing."""
-    model = dict(detector="sparse_rcnn", backbone="pvt_v2_b0", drop_path_rate=0.0, fpn_channels=16, num_proposals=12,
-                 detections_per_img=20)
-    assert_cli_trains_evaluates_predicts(model, shapes, tmp_path, SIZE, ("bbox",))

@@ -28,12 +28,11 @@ from pathlib import Path
 
 from ..data.images import check_image_output
 from ..detection.config import DetDataConfig, DetectionConfig, DetOptimConfig
+from ..detection.registry import DETECTORS
 from ..engine.config import check_option
 from ..engine.files import check_output_file
 from ..files import written_atomically
-from ..detection.registry import DETECTORS
 from .common import CommandError, add_config_arguments, check_score_threshold, run_training
-
 
 _TITLES = ", ".join(spec.title for spec in DETECTORS.values())
 
@@ -95,15 +94,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..detection.evaluate import NO_FIGURE
-    from ..detection.predict import evaluate_checkpoint
+    from ..detection.coco_metric import NO_FIGURE
+    from ..detection.evaluate import evaluate
 
     check_option(args.batch_size, DetOptimConfig, "batch_size", "--batch-size")
     check_option(args.workers, DetDataConfig, "num_workers", "--workers")
     if args.json is not None:
         check_output_file(args.json, "--json", (".json",), "the figures", [args.checkpoint])
-    metrics = evaluate_checkpoint(args.checkpoint, root=args.root, split=args.split, batch_size=args.batch_size,
-                                  num_workers=args.workers, device=args.device, amp=args.amp, config=args.config)
+    metrics = evaluate(args.checkpoint, root=args.root, split=args.split, batch_size=args.batch_size,
+                       num_workers=args.workers, device=args.device, amp=args.amp, config=args.config)
     # pycocotools' -1 marks a figure that has no ground truth (APs of a split without small objects): it is
     # shown as such, never as a number.
     for name, value in metrics.items():
@@ -116,14 +115,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..detection.predict import load_detector, predict_image
+    from ..detection.predict import predict
 
     if not args.image.is_file():
         raise CommandError(f"image {args.image} does not exist")
     check_score_threshold(args.score_threshold)
     check_image_output(args.out, "--out", [args.image, args.checkpoint])
-    detector = load_detector(args.checkpoint, args.device, args.config)
-    detections = predict_image(detector, args.image, args.out, args.score_threshold)
+    detections = predict(args.checkpoint, args.image, out=args.out, score_threshold=args.score_threshold,
+                         device=args.device, config=args.config)
     if args.json:
         print(json.dumps(dict(image=str(args.image), out=str(args.out), detections=detections)))
         return 0

@@ -212,7 +212,8 @@ def _note_random_weights(args: argparse.Namespace) -> None:
 
 # -- predictions ------------------------------------------------------------------------------------------
 def run_predictions(args: argparse.Namespace) -> int:
-    from ..detection.predict import detect, draw, load_detector
+    from ..detection.loading import load_detector
+    from ..detection.predict import detect, draw
     from ..engine.distributed import resolve_device
     from ..segmentation.predict import load_segmenter, overlay, segment
     from ..visualize.figures import check_figure_output, predictions_figure, save

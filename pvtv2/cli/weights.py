@@ -113,7 +113,7 @@ def _import_released(name: str, file: Path) -> int:
     weight fitting) and copy it into the cache, atomically."""
     release = released_models()[name]
     if release.task == "detection":
-        from ..detection.predict import load_detector
+        from ..detection.loading import load_detector
 
         loaded = load_detector(file, "cpu")
         found = (loaded.spec.name, loaded.backbone)

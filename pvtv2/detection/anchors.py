@@ -48,3 +48,8 @@ class LevelAnchorGenerator(AnchorGenerator):
         self.set_cell_anchors(torch.float32, device)
         anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
         return [anchors for _ in image_list.image_sizes]
+
+
+def one_anchor_per_place(sizes: Sequence[float]) -> LevelAnchorGenerator:
+    """One square anchor per place on each level, of base size ``sizes[level]`` (ATSS's and GFL's)."""
+    return LevelAnchorGenerator([[size] for size in sizes], [[1.0]] * len(sizes))

@@ -16,11 +16,9 @@ from torch import nn
 from ..errors import InputError
 from .config import DetDataConfig, DetModelConfig
 from .neck import PyramidBackboneWithFPN, build_neck
-from .registry import DETECTOR_NAMES, detector_spec
+from .registry import detector_spec
 from .spec import BuildSettings
 from .transform import DetectionTransform
-
-DETECTORS = DETECTOR_NAMES
 
 
 def build_backbone(
@@ -52,7 +50,7 @@ def build_detector(
     mask_head_channels: int = 256,
     **detector_kwargs: Any,
 ) -> nn.Module:
-    """Detector ``kind`` (a name of :data:`DETECTORS`) with PVT ``backbone`` and an FPN, for ``num_classes``
+    """Detector ``kind`` (a name of :data:`~pvtv2.detection.registry.DETECTORS`) with PVT ``backbone`` and an FPN, for ``num_classes``
     object classes.
 
     ``min_size``/``max_size``: evaluation images are resized to a shorter side of ``min_size`` (the last

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from ..errors import InputError
-from . import cascade, dense_heads, mask_rcnn, retinanet, sparse_rcnn
+from .one_stage import atss, gfl, retinanet
+from .query import sparse_rcnn
 from .spec import DetectorSpec
+from .two_stage import cascade, mask_rcnn
 
-# Table 3's two, then Table 4's four, in the paper's order.
+# Table 3's detectors, then Table 4's, in the paper's order.
 DETECTORS: dict[str, DetectorSpec] = {spec.name: spec for spec in (
-    retinanet.SPEC, mask_rcnn.SPEC, dense_heads.ATSS_SPEC, dense_heads.GFL_SPEC, cascade.SPEC, sparse_rcnn.SPEC,
+    retinanet.SPEC, mask_rcnn.SPEC, atss.SPEC, gfl.SPEC, cascade.SPEC, sparse_rcnn.SPEC,
 )}
 DETECTOR_NAMES = tuple(DETECTORS)
 

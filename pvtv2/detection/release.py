@@ -214,7 +214,7 @@ def convert(source: str | Path, destination: str | Path, to: str) -> str:
     """``pvt convert`` of a detector: a det-train checkpoint to the release layout (``to="mmdet"``: a file
     MMDetection 2.x / 3.x loads with strict keys, and this package reads back), or a release file to a
     det-train checkpoint (``to="pvtv2"``); returns what was written, in a sentence."""
-    from .predict import load_detector
+    from .loading import load_detector
 
     def from_file(release: ReleaseFile, source: str) -> tuple[dict[str, Any], str]:
         detector = from_release(release)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from ..engine.config import ConfigError
+
 if TYPE_CHECKING:
     from .config import DetModelConfig
 
@@ -85,3 +87,10 @@ class DetectorSpec:
     paper: tuple[int, str | None]
     check_config: Callable[[DetModelConfig], None] = field(default=lambda model: None)
     release: ReleaseLayout | None = None
+
+
+def check_multiple(key: str, value: int, divisor: int, detector: str, reason: str) -> None:
+    """A :class:`~pvtv2.engine.config.ConfigError` unless ``value`` (named ``key``) is a multiple of ``divisor``,
+    which ``reason`` explains (a layer of ``detector`` that splits its channels into groups or heads)."""
+    if value % divisor:
+        raise ConfigError(f"{key} must be a multiple of {divisor} for {detector} ({reason}), got {value}")

@@ -24,9 +24,9 @@ from ..engine.run import start_run
 from ..engine.schedules import StepWithWarmup
 from ..engine.training_state import all_rng_states, resume, training_state
 from ..models.complexity import count_params
+from .coco_metric import evaluate_model, summary
 from .config import DetectionConfig, DetOptimConfig, resolved_lr
 from .data import build_datasets, collate
-from .evaluate import evaluate, summary
 from .model import build_from_config
 
 TASK = "detection"
@@ -97,7 +97,7 @@ def train(cfg: DetectionConfig) -> dict[str, float]:
                 stats = train_steps(train_model, batches, losses_of, step, env, bar, after_step=scheduler.step)
             metrics = {}
             if epoch + 1 == optim.epochs or (epoch + 1) % cfg.run.eval_interval == 0:
-                metrics = evaluate(model, val_loader, val_set, env.device, cfg.run.amp, with_masks, env.is_main)
+                metrics = evaluate_model(model, val_loader, val_set, env.device, cfg.run.amp, with_masks, env.is_main)
             rng = all_rng_states()
             if records is None:  # not the main process: the main one scores
                 continue
@@ -114,7 +114,7 @@ def train(cfg: DetectionConfig) -> dict[str, float]:
                     + (f", held-out {summary(metrics)}" if metrics else ""))
 
         if start_epoch >= optim.epochs:  # the checkpoint had finished every epoch already
-            metrics = evaluate(model, val_loader, val_set, env.device, cfg.run.amp, with_masks, env.is_main)
+            metrics = evaluate_model(model, val_loader, val_set, env.device, cfg.run.amp, with_masks, env.is_main)
         run.say(f"held-out: {summary(metrics)}")
         run.say(f"checkpoint {out / 'last.pth'}, metrics {out / 'metrics.jsonl'}, curves {out / CURVES}")
         return metrics

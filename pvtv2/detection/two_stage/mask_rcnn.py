@@ -1,6 +1,6 @@
 """Mask R-CNN (section 5.2, Table 3) with a PVT backbone, as the official ``mask_rcnn_pvt_*_fpn_1x_coco.py``
-configs (MMDetection 2.13): an FPN over C2-C5 plus a max-pooled P6 for the RPN (:mod:`pvtv2.detection.rpn`),
-then MMDetection's ``StandardRoIHead`` (:mod:`pvtv2.detection.roi_heads`): RoIAlign ``aligned=True`` with
+configs (MMDetection 2.13): an FPN over C2-C5 plus a max-pooled P6 for the RPN (:mod:`pvtv2.detection.two_stage.rpn`),
+then MMDetection's ``StandardRoIHead`` (:mod:`pvtv2.detection.two_stage.roi_heads`): RoIAlign ``aligned=True`` with
 adaptive sampling (:mod:`pvtv2.detection.roi_align`), two shared fcs of 1024, class scores and class-specific
 deltas, four 3x3 convs and a 2x deconv for 28x28 masks, no GroupNorm; torchvision's ``GeneralizedRCNN``
 around them. Also here: what both two-stage detectors share of the release files (RPN key names, the RoI
@@ -17,15 +17,15 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 
-from ..engine.release import ReleaseFileError, config_value
-from ..errors import InputError
-from .key_map import KeyMap, KeyRule
-from .neck import PyramidBackboneWithFPN, max_pooled_p6, xavier_init
-from .roi_align import ADAPTIVE_SAMPLING, FPN_LEVELS, AlignedMultiScaleRoIAlign
+from ...engine.release import ReleaseFileError, config_value
+from ...errors import InputError
+from ..key_map import KeyMap, KeyRule
+from ..neck import PyramidBackboneWithFPN, max_pooled_p6, xavier_init
+from ..roi_align import ADAPTIVE_SAMPLING, FPN_LEVELS, AlignedMultiScaleRoIAlign
+from ..spec import DUMMY_BOX_ROIS, DUMMY_MASK_ROIS, BuildSettings, DetectorSpec, ReleaseLayout
+from ..transform import MASK_THRESHOLD, DetectionTransform
 from .roi_heads import BoxPredictor, MaskPredictor, StandardRoIHeads
 from .rpn import ANCHOR_SIZES, build_rpn
-from .spec import DUMMY_BOX_ROIS, DUMMY_MASK_ROIS, BuildSettings, DetectorSpec, ReleaseLayout
-from .transform import MASK_THRESHOLD, DetectionTransform
 
 MASK_HEAD_CONVS = 4
 # The builders' keywords (torchvision's names) and where they go: the RPN's or the RoI heads' own keyword.

@@ -12,10 +12,10 @@ At test, as MMDetection's ``CascadeRoIHead.predict``: the proposals are refined 
 the deltas of its best foreground class (``regress_by_class`` of the arg-max of that stage's logits) and
 clipped to the image; the final scores are the softmax of the three stages' logits on the last stage's RoIs
 summed and divided by 3, the boxes come from the last stage's regression and are post-processed as Mask
-R-CNN's (:class:`~pvtv2.detection.roi_heads.StandardRoIHeads`), and the masks are the mean of the three mask
+R-CNN's (:class:`~pvtv2.detection.two_stage.roi_heads.StandardRoIHeads`), and the masks are the mean of the three mask
 heads' sigmoid masks (MMDetection's ``merge_aug_masks`` over stages).
 
-Everything else is Mask R-CNN's (:mod:`pvtv2.detection.rpn`, :mod:`pvtv2.detection.roi_heads`: the class
+Everything else is Mask R-CNN's (:mod:`pvtv2.detection.two_stage.rpn`, :mod:`pvtv2.detection.two_stage.roi_heads`: the class
 layout, assignment and post-processing) and torchvision's (RoIHeads' sampling and ground-truth proposals, the
 Mask R-CNN mask loss and inference, ``generalized_box_iou_loss``, ``roi_align`` through the aligned pooler of
 :mod:`pvtv2.detection.roi_align`) except the stage loop, which torchvision lacks.
@@ -35,18 +35,18 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
 from torchvision.ops import box_iou, clip_boxes_to_image, generalized_box_iou_loss
 
-from ..errors import InputError
-from .assigners import MaxIoUMatcher
-from .boxes import DeltaXYWHCoder
-from .key_map import KeyMap, KeyRule
+from ...errors import InputError
+from ..boxes import DeltaXYWHCoder
+from ..key_map import KeyMap, KeyRule
+from ..max_iou_assigner import MaxIoUMatcher
+from ..neck import PyramidBackboneWithFPN, max_pooled_p6
+from ..roi_align import ADAPTIVE_SAMPLING, FPN_LEVELS, AlignedMultiScaleRoIAlign
+from ..spec import BuildSettings, DetectorSpec
+from ..transform import DetectionTransform
 from .mask_rcnn import (RPN_RULES, TEST_CFG, dummy_rois, predictor_rules, release_layout, split_options,
                         two_stage_options)
-from .neck import PyramidBackboneWithFPN, max_pooled_p6
-from .roi_align import ADAPTIVE_SAMPLING, FPN_LEVELS, AlignedMultiScaleRoIAlign
 from .roi_heads import BoxPredictor, MaskPredictor, StandardRoIHeads
 from .rpn import ANCHOR_SIZES, build_rpn
-from .spec import BuildSettings, DetectorSpec
-from .transform import DetectionTransform
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_LOSS_WEIGHTS = (1.0, 0.5, 0.25)
@@ -221,7 +221,7 @@ class CascadeRoIHeads(StandardRoIHeads):
 def build_cascade_mask_rcnn(neck: PyramidBackboneWithFPN, settings: BuildSettings,
                             **options: Any) -> GeneralizedRCNN:
     """Cascade Mask R-CNN on ``neck``: Mask R-CNN's RPN and the cascade's RoI heads; ``options`` as Mask
-    R-CNN's (:data:`~pvtv2.detection.mask_rcnn.RPN_OPTIONS`, :data:`~pvtv2.detection.mask_rcnn.ROI_OPTIONS`)."""
+    R-CNN's (:data:`~pvtv2.detection.two_stage.mask_rcnn.RPN_OPTIONS`, :data:`~pvtv2.detection.two_stage.mask_rcnn.ROI_OPTIONS`)."""
     rpn_options, roi_options = split_options(options, "cascade_mask_rcnn")
     heads = CascadeRoIHeads(settings.fpn_channels, settings.num_classes, box_head_channels=settings.box_head_channels,
                             mask_head_channels=settings.mask_head_channels, **roi_options)

@@ -19,8 +19,8 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
-from ..data import DatasetError
-from ..data.images import picture_size
+from ...data import DatasetError
+from ...data.images import picture_size
 
 _LAYOUT = 'a COCO instances file: {"images": [...], "annotations": [...], "categories": [...]}'
 

@@ -6,7 +6,7 @@ MMDetection's anchors, assignment and proposals.
   the strides 4-64 themselves and of unrounded sizes (torchvision's ``AnchorGenerator`` rounds them and
   derives P6's stride from the padded image, 61 instead of 64 at 800 x 1216).
 * Assignment: ``MaxIoUAssigner(pos 0.7, neg 0.3, min_pos_iou 0.3)`` with its low-quality rule
-  (:class:`~pvtv2.detection.assigners.MaxIoUMatcher`); 256 anchors sampled per image, half positive.
+  (:class:`~pvtv2.detection.max_iou_assigner.MaxIoUMatcher`); 256 anchors sampled per image, half positive.
 * Proposals, per image: each level's top-k scores (``sort``, as MMDetection), decoded with
   ``DeltaXYWHBBoxCoder`` (log-sizes clamped on both sides) and clipped to the image, boxes of zero width or
   height dropped (``min_bbox_size=0``; torchvision drops those under 1e-3), NMS per level (mmcv's
@@ -22,9 +22,9 @@ from torch import Tensor
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import clip_boxes_to_image
 
-from .anchors import LevelAnchorGenerator
-from .assigners import MaxIoUMatcher
-from .boxes import DeltaXYWHCoder, batched_nms
+from ..anchors import LevelAnchorGenerator
+from ..boxes import DeltaXYWHCoder, batched_nms
+from ..max_iou_assigner import MaxIoUMatcher
 
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 RPN_STRIDES = (4, 8, 16, 32, 64)  # P2-P6

@@ -4,10 +4,10 @@ with K sigmoid class channels per anchor on the FPN's P3-P7, P6 computed from C5
 9 anchors per place (3 ratios x 3 octave scales of 4 x the level's stride).
 
 Training as MMDetection's: ``MaxIoUAssigner(0.5, 0.4, min_pos_iou=0)`` with its low-quality matches
-(:class:`~pvtv2.detection.assigners.MaxIoUMatcher`), the anchors between the thresholds ignored; sigmoid focal
+(:class:`~pvtv2.detection.max_iou_assigner.MaxIoUMatcher`), the anchors between the thresholds ignored; sigmoid focal
 loss (gamma 2, alpha 0.25) over the other anchors and L1 of the box deltas (stds 1) over the positives, both
 divided by the positives of the batch (at least one per image; MMDetection's ``avg_factor``), averaged over the
-processes of a distributed run. Test: :class:`~pvtv2.detection.dense_heads.DenseDetector`'s, MMDetection's.
+processes of a distributed run. Test: :class:`~pvtv2.detection.one_stage.dense_detector.DenseDetector`'s, MMDetection's.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import box_iou, clip_boxes_to_image, sigmoid_focal_loss
 
-from ..engine.release import ReleaseFileError
-from .anchors import LevelAnchorGenerator
-from .assigners import MaxIoUMatcher
-from .boxes import DeltaXYWHCoder
-from .dense_heads import (FOCAL_ALPHA, FOCAL_GAMMA, DenseDetector, channels_of, dense_flops_forward, dense_test_cfg,
-                          dense_test_options, positive_matches)
-from .neck import PyramidBackboneWithFPN, p6p7_from_c5
-from .key_map import KeyMap, KeyRule
-from .spec import BuildSettings, DetectorSpec, ReleaseLayout
+from ...engine.release import ReleaseFileError
+from ..anchors import LevelAnchorGenerator
+from ..boxes import DeltaXYWHCoder
+from ..key_map import KeyMap, KeyRule
+from ..max_iou_assigner import MaxIoUMatcher
+from ..neck import PyramidBackboneWithFPN, p6p7_from_c5
+from ..spec import BuildSettings, DetectorSpec, ReleaseLayout
+from .dense_detector import (FOCAL_ALPHA, FOCAL_GAMMA, DenseDetector, channels_of, dense_flops_forward, dense_test_cfg,
+                             dense_test_options, positive_matches)
 
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 SCALES_PER_OCTAVE = 3

@@ -39,15 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, clip_boxes_to_image, generalized_box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
-from ..engine.config import ConfigError
-from ..engine.distributed import mean_over_processes
-from ..engine.release import ReleaseFileError, config_value
-from ..errors import InputError
-from .boxes import DeltaXYWHCoder
-from .neck import PyramidBackboneWithFPN, no_extra_levels
-from .roi_align import FPN_LEVELS, AlignedMultiScaleRoIAlign
-from .spec import BuildSettings, DetectorSpec, ReleaseLayout
-from .transform import DetectionTransform
+from ...engine.distributed import mean_over_processes
+from ...engine.release import ReleaseFileError, config_value
+from ...errors import InputError
+from ..boxes import DeltaXYWHCoder
+from ..neck import PyramidBackboneWithFPN, no_extra_levels
+from ..roi_align import FPN_LEVELS, AlignedMultiScaleRoIAlign
+from ..spec import BuildSettings, DetectorSpec, ReleaseLayout, check_multiple
+from ..transform import DetectionTransform
 
 NUM_STAGES = 6
 NUM_PROPOSALS = 300
@@ -310,9 +309,7 @@ class SparseRCNN(nn.Module):
 
 def check_heads(fpn_channels: int, num_heads: int = NUM_HEADS, key: str = "fpn_channels") -> None:
     """The self-attention needs ``fpn_channels`` (named ``key`` in the message) divisible by its heads."""
-    if fpn_channels % num_heads:
-        raise ConfigError(f"{key} must be a multiple of {num_heads} for sparse_rcnn (its self-attention has "
-                          f"{num_heads} heads), got {fpn_channels}")
+    check_multiple(key, fpn_channels, num_heads, "sparse_rcnn", f"its self-attention has {num_heads} heads")
 
 
 def build_sparse_rcnn(neck: PyramidBackboneWithFPN, settings: BuildSettings, **kwargs: Any) -> SparseRCNN:
@@ -417,7 +414,8 @@ SPEC = DetectorSpec(
     name="sparse_rcnn", title="Sparse R-CNN", family="query", with_masks=False, feature_levels=(0, 1, 2, 3),
     extra_levels=no_extra_levels, anchor_sizes=None, build=build_sparse_rcnn,
     config_options=lambda model: dict(detections_per_img=model.detections_per_img, num_proposals=model.num_proposals),
-    check_config=lambda model: check_heads(model.fpn_channels, key="model.fpn_channels"), flops_forward=sparse_flops_forward, paper=(4, None),
+    check_config=lambda model: check_heads(model.fpn_channels, key="model.fpn_channels"),
+    flops_forward=sparse_flops_forward, paper=(4, None),
     release=ReleaseLayout(
         mmdet_type="SparseRCNN",
         recognise=lambda keys: f"{RELEASE_PROPOSALS['proposal_boxes']}.weight" in keys,

@@ -15,7 +15,7 @@ small-box removal (torchvision drops boxes under 1e-2 pixels). The masks of the 
 (torchvision's ``maskrcnn_inference``), then the transform maps boxes back and pastes the masks.
 
 Training: ``MaxIoUAssigner(0.5, 0.5, min_pos_iou 0.5)`` with its low-quality rule
-(:class:`~pvtv2.detection.assigners.MaxIoUMatcher`), 512 RoIs per image at 25% positives with the ground
+(:class:`~pvtv2.detection.max_iou_assigner.MaxIoUMatcher`), 512 RoIs per image at 25% positives with the ground
 truth added, torchvision's losses.
 """
 
@@ -31,8 +31,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import clip_boxes_to_image
 
-from .assigners import MaxIoUMatcher
-from .boxes import DeltaXYWHCoder, batched_nms
+from ..boxes import DeltaXYWHCoder, batched_nms
+from ..max_iou_assigner import MaxIoUMatcher
 
 BOX_STDS = (0.1, 0.1, 0.2, 0.2)  # the official bbox_coder's target_stds
 MATCH_IOU = 0.5  # the official train_cfg.rcnn assigner: pos_iou_thr = neg_iou_thr = min_pos_iou

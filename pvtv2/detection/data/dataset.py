@@ -24,15 +24,14 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..data import DatasetError, read_image_tensor
-from ..data.images import ModelInput
-from ..data.shapes import write_coco_shapes
-from ..errors import InputError
-from ..models import min_input_size
+from ...data import DatasetError, read_image_tensor
+from ...data.images import ModelInput
+from ...data.shapes import write_coco_shapes
+from ...errors import InputError
+from ...models import min_input_size
+from ..config import DetectionConfig
 from .augment import OFFICIAL_SCALE, OFFICIAL_SIZES, official_multiscale
 from .coco_format import load_coco
-from .config import DetectionConfig
-
 
 logger = logging.getLogger("pvtv2")
 
@@ -172,7 +171,7 @@ def train_transform(min_size: tuple[int, int] = (800, 800), max_size: int = 1333
     * ``augment="paper"``, or ``low == high``: a shorter side drawn uniformly from ``[low, high]`` (section
       5.2's text: 800 for 1x, 640-800 for 3x; the official 1x configs' single scale);
     * ``augment="official"`` with ``low < high``: the official 3x configs' choice between two multi-scale
-      policies (:func:`pvtv2.detection.augment.official_multiscale`), its sizes scaled by ``high / 800``.
+      policies (:func:`pvtv2.detection.data.augment.official_multiscale`), its sizes scaled by ``high / 800``.
     """
     low, high = min_size
     if not 0 < low <= high:

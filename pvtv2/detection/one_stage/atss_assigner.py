@@ -1,5 +1,4 @@
-"""Label assignment as MMDetection's: ``MaxIoUAssigner`` (:class:`MaxIoUMatcher`, on torchvision's ``Matcher``)
-and ATSS, Adaptive Training Sample Selection (Zhang et al., CVPR 2020), the assignment of ATSS and GFL, as
+"""ATSS, Adaptive Training Sample Selection (Zhang et al., CVPR 2020): the label assignment of ATSS and GFL, as
 MMDetection 2.x's ``ATSSAssigner(topk=9)``.
 
 torchvision's detectors assign by fixed IoU thresholds (``Matcher``); ATSS picks each box's threshold from
@@ -11,36 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torchvision.models.detection._utils import Matcher
 from torchvision.ops import box_iou
 
 BACKGROUND = -1
 INSIDE_MARGIN = 0.01  # an anchor centre must lie this far inside the box (MMDetection's value)
-
-
-class MaxIoUMatcher(Matcher):
-    """torchvision's ``Matcher`` with MMDetection's ``MaxIoUAssigner`` rule for low-quality matches.
-
-    Both give a prediction the ground truth it overlaps most, -1 below ``low_threshold`` and -2 between the
-    two thresholds. For the low-quality matches (``allow_low_quality_matches``), torchvision gives each
-    prediction that is some ground truth's best its *own* best ground truth, whatever the overlap;
-    MMDetection (``gt_max_assign_all=True``) gives every prediction tied for ground truth ``i``'s best overlap
-    to ``i`` itself, ground truths in order (a later one wins a prediction two share), and only where that best
-    overlap is at least ``min_pos_iou`` (RetinaNet 0, the RPN 0.3, the RoI head 0.5).
-    """
-
-    def __init__(self, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = False,
-                 min_pos_iou: float = 0.0) -> None:
-        super().__init__(high_threshold, low_threshold, allow_low_quality_matches)
-        self.min_pos_iou = min_pos_iou
-
-    def set_low_quality_matches_(self, matches: torch.Tensor, all_matches: torch.Tensor,
-                                 match_quality_matrix: torch.Tensor) -> None:
-        best = match_quality_matrix.max(dim=1, keepdim=True).values  # (G, 1): each ground truth's best overlap
-        tied = (match_quality_matrix == best) & (best >= self.min_pos_iou)  # (G, P)
-        claimed = tied.any(dim=0)
-        last = len(tied) - 1 - tied.flip(0).to(torch.uint8).argmax(dim=0)  # the last ground truth tied, per prediction
-        matches[claimed] = last[claimed]
 
 
 def atss_assign(anchors: torch.Tensor, level_counts: Sequence[int], gt_boxes: torch.Tensor, topk: int = 9) -> torch.Tensor:
