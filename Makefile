@@ -27,8 +27,9 @@ $(TIMM_TESTS): $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m pvtv2 train --config configs/digits/pvt_v2_b0.yaml
 
+# Two workers, one per core of the CI machine (tests/conftest.py keeps each module's tests together).
 test: $(STAMP) $(TIMM_TESTS)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 test-quick: $(STAMP) $(TIMM_TESTS)
 	$(BIN)/python -m pytest -q -m "not slow"

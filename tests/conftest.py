@@ -1,3 +1,4 @@
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -8,6 +9,32 @@ from pvtv2.data.shapes import write_coco_shapes
 
 from . import oracle
 from .detectors import SCENE_SIZE
+
+
+# The modules that share the session fixture `released` (MMDetection models, minutes to build): under
+# pytest-xdist (`make test` runs two workers) they run in one worker, so each model is built once.
+SHARE_RELEASED = ("test_oracle", "test_release", "test_release_one_stage", "test_release_two_stage",
+                  "test_release_sparse_rcnn")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One torch thread per worker: two workers on two cores, where two threads each would wait for each other.
+    torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist's --dist loadgroup: a module's tests stay together (its module-scoped fixtures are made
+    once), the modules sharing `released` form one group, scheduled first as the longest."""
+    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") != "loadgroup":
+        return
+
+    def group(item: pytest.Item) -> str:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else item.nodeid
+        return "released" if module in SHARE_RELEASED else module
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: group(item) != "released")  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)
