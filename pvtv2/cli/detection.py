@@ -101,8 +101,8 @@ def run_eval(args: argparse.Namespace) -> int:
     check_option(args.workers, DetDataConfig, "num_workers", "--workers")
     if args.json is not None:
         check_output_file(args.json, "--json", (".json",), "the figures", [args.checkpoint])
-    metrics = evaluate(args.checkpoint, root=args.root, split=args.split, batch_size=args.batch_size,
-                       num_workers=args.workers, device=args.device, amp=args.amp, config=args.config)
+    metrics = evaluate(args.checkpoint, args.root, split=args.split, batch_size=args.batch_size,
+                       workers=args.workers, device=args.device, amp=args.amp, config=args.config)
     # pycocotools' -1 marks a figure that has no ground truth (APs of a split without small objects): it is
     # shown as such, never as a number.
     for name, value in metrics.items():

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.transforms.v2.functional import to_pil_image
+from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from ..data import read_image_tensor
+from ..data import read_image
 from ..data.images import save_image
 from .coco_metric import mask_rles
 from .data import eval_transform
@@ -39,21 +39,21 @@ def draw(image: torch.Tensor, output: dict[str, torch.Tensor], class_names: list
     return draw_bounding_boxes(image, output["boxes"], captions, colors=colours, width=2)
 
 
-def predict(checkpoint: str | Path | LoadedDetector, image_path: str | Path, *, out: str | Path | None = None,
+def predict(checkpoint: str | Path | LoadedDetector, image: str | Path, *, out: str | Path | None = None,
             score_threshold: float = 0.5, device: str = "auto", config: str | Path | None = None
             ) -> list[dict[str, Any]]:
     """The detections of the detector ``checkpoint`` (a det-train checkpoint, a release file or a
-    :class:`LoadedDetector`; ``device`` and ``config`` as :func:`load_detector`'s) in ``image_path`` with score
+    :class:`LoadedDetector`; ``device`` and ``config`` as :func:`load_detector`'s) in ``image`` with score
     >= ``score_threshold``, as ``{label, score, box}`` dicts (box as x0, y0, x1, y1 pixels; ``mask`` as COCO
     RLE for the mask detectors); ``out``: also draw them there (its format from the extension)."""
     detector = checkpoint if isinstance(checkpoint, LoadedDetector) else load_detector(checkpoint, device, config)
-    image_path = Path(image_path)
-    image = read_image_tensor(image_path)
-    detector.model_input().check(image_path, (image.shape[-1], image.shape[-2]))  # before the model fails on it
-    output = detect(detector, image, score_threshold)
+    path = Path(image)
+    pixels = pil_to_tensor(read_image(path))  # uint8 (3, H, W)
+    detector.model_input().check(path, (pixels.shape[-1], pixels.shape[-2]))  # before the model fails on it
+    output = detect(detector, pixels, score_threshold)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        save_image(to_pil_image(draw(image, output, detector.class_names)), out)  # format from the extension
+        save_image(to_pil_image(draw(pixels, output, detector.class_names)), out)  # format from the extension
     detections = [dict(label=detector.class_names[int(label) - 1], score=float(score), box=[float(v) for v in box])
                   for label, score, box in zip(output["labels"], output["scores"], output["boxes"])]
     if "masks" in output:
