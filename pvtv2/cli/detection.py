@@ -32,7 +32,7 @@ from ..detection.registry import DETECTORS
 from ..engine.config import check_option
 from ..engine.files import check_output_file
 from ..files import written_atomically
-from .common import CommandError, add_config_arguments, check_score_threshold, run_training
+from .common import CommandError, add_config_arguments, run_training
 
 _TITLES = ", ".join(spec.title for spec in DETECTORS.values())
 
@@ -115,7 +115,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..detection.predict import predict
+    from ..detection.predict import check_score_threshold, predict
 
     if not args.image.is_file():
         raise CommandError(f"image {args.image} does not exist")

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ..data import read_image
 from ..data.images import save_image
+from ..errors import InputError
 from .coco_metric import mask_rles
 from .data import eval_transform
 from .loading import LoadedDetector, load_detector
@@ -37,6 +39,18 @@ def draw(image: torch.Tensor, output: dict[str, torch.Tensor], class_names: list
         image = draw_segmentation_masks(image, output["masks"][:, 0] >= MASK_THRESHOLD, alpha=0.45, colors=colours)
     captions = [f"{class_names[int(label) - 1]} {score:.2f}" for label, score in zip(output["labels"], output["scores"])]
     return draw_bounding_boxes(image, output["boxes"], captions, colors=colours, width=2)
+
+
+def check_score_threshold(value: float, option: str = "--score-threshold") -> None:
+    """A detection score threshold is a probability (NaN is refused too: no score compares with it)."""
+    if not 0 <= value <= 1:
+        raise InputError(f"{option} must be in [0, 1], got {value}")
+
+
+def drawn_detections(detector: LoadedDetector, pixels: np.ndarray, score_threshold: float = 0.5) -> np.ndarray:
+    """An RGB picture (H, W, 3) uint8 with its detections of score >= ``score_threshold`` drawn on it."""
+    image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    return draw(image, detect(detector, image, score_threshold), detector.class_names).permute(1, 2, 0).numpy()
 
 
 def predict(checkpoint: str | Path | LoadedDetector, image: str | Path, *, out: str | Path | None = None,

@@ -117,6 +117,13 @@ def segment(segmenter: LoadedSegmenter, pixels: np.ndarray, device: torch.device
     return probs.argmax(1)[0].cpu().numpy()
 
 
+def drawn_segmentation(segmenter: LoadedSegmenter, pixels: np.ndarray, device: torch.device | str = "cpu"
+                       ) -> np.ndarray:
+    """An RGB picture (H, W, 3) uint8 with its classes tinted in their colours and a legend on the right."""
+    labels = segment(segmenter, pixels, device)
+    return np.asarray(overlay(pixels, labels, segmenter.class_names, colours=segmenter.colours))
+
+
 @dataclass(frozen=True)
 class SegmentationPrediction:
     """:func:`predict`'s class per pixel of an image, and the segmenter's class names."""
