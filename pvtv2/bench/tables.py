@@ -87,15 +87,22 @@ def _isolated_report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _times_and_ratios(row: dict[str, Any], decimals: int) -> dict[str, str]:
+    """Each implementation's median time per call (ms) and, per peer, the peer's time over ours."""
+    impls = row["impls"]
+    return {
+        **{f"{impl}_ms": _maybe(impls.get(impl), lambda r: f"{r['median_s'] * 1e3:.{decimals}f}")
+           for impl in ("ours", *PEERS)},
+        **{f"vs_{peer}": _maybe(row["ratios"].get(f"ours/{peer}"), lambda r: f"{r:.2f}x") for peer in PEERS},
+    }
+
+
 def _isolated_table(rows: list[dict[str, Any]]) -> str:
     text_rows = []
     for row in rows:
         impls = row["impls"]
         text_rows.append(dict(
-            model=row["model"], batch=f"{row['batch']}",
-            **{f"{impl}_ms": _maybe(impls.get(impl), lambda r: f"{r['median_s'] * 1e3:.1f}")
-               for impl in ("ours", *PEERS)},
-            **{f"vs_{peer}": _maybe(row["ratios"].get(f"ours/{peer}"), lambda r: f"{r:.2f}x") for peer in PEERS},
+            model=row["model"], batch=f"{row['batch']}", **_times_and_ratios(row, decimals=1),
             **{f"{impl}_faults": _maybe(impls.get(impl), lambda r: _maybe(r["page_faults_per_call"],
                                                                              lambda v: f"{v:.0f}"))
                for impl in ("ours", *PEERS)},
@@ -161,10 +168,7 @@ def _sweep_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         impls = row["impls"]
         text_rows.append(dict(
-            model=row["model"], size=f"{row['image_size']}",
-            **{f"{impl}_ms": _maybe(impls.get(impl), lambda r: f"{r['median_s'] * 1e3:.0f}")
-               for impl in ("ours", *PEERS)},
-            **{f"vs_{peer}": _maybe(row["ratios"].get(f"ours/{peer}"), lambda r: f"{r:.2f}x") for peer in PEERS},
+            model=row["model"], size=f"{row['image_size']}", **_times_and_ratios(row, decimals=0),
             **{f"{impl}_mb": _maybe(impls.get(impl), lambda r: f"{r['peak_memory_mb']:.0f}")
                for impl in ("ours", *PEERS)},
             diff=_maybe(max(row.get("max_rel_diff", {}).values(), default=None), lambda d: f"{d:.0e}"),
