@@ -143,7 +143,7 @@ def test_training_resumes_exactly_and_the_verbs_agree(shapes: Path, tmp_path: Pa
     metrics = train(tiny_config("mask_rcnn", shapes, out))
     state = read_training_checkpoint(out / "last.pth")
     assert state["task"] == "detection" and state["epoch"] == 1 and state["class_names"] == CLASSES
-    assert evaluate(out / "last.pth", device="cpu", num_workers=0) == pytest.approx(metrics)
+    assert evaluate(out / "last.pth", device="cpu", workers=0) == pytest.approx(metrics)
 
     resumed = tiny_config("mask_rcnn", shapes, out)
     resumed.optim.epochs, resumed.run.resume = 2, "auto"

@@ -19,7 +19,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 import pvtv2
 from pvtv2.classification.config import ClassificationConfig
 from pvtv2.classification.datasets import build_dataset
-from pvtv2.classification.evaluate import evaluate
+from pvtv2.classification.evaluate import evaluate_model
 from pvtv2.classification.inference import load_classifier
 from pvtv2.classification.train import train
 from pvtv2.classification.transforms import eval_transform
@@ -114,13 +114,13 @@ def digits(tmp_path_factory, one_thread):
 
 def test_quantize_dynamic_quantizes_every_linear_and_keeps_the_accuracy(digits):
     model, val, _ = digits
-    fp32 = evaluate(model, val, CPU)
+    fp32 = evaluate_model(model, val, CPU)
     quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     int8 = [m for m in quantized.modules() if type(m) is torch.ao.nn.quantized.dynamic.Linear]
     assert len(linears) == 41 and len(int8) == 41
     assert fp32.top1 > 80  # a trained model, so that the comparison means something
-    assert abs(evaluate(quantized, val, CPU).top1 - fp32.top1) <= 1.0
+    assert abs(evaluate_model(quantized, val, CPU).top1 - fp32.top1) <= 1.0
 
 
 def test_peft_lora_fine_tunes_the_adapters_and_evaluates_the_same_without_autograd(digits):
@@ -153,7 +153,7 @@ def test_peft_lora_fine_tunes_the_adapters_and_evaluates_the_same_without_autogr
     assert all(torch.equal(base[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():
         torch.testing.assert_close(merged(images), no_grad_logits, atol=1e-4, rtol=1e-4)
-    assert evaluate(lora, val, CPU).top1 == pytest.approx(_grad_mode_top1(lora, val))
+    assert evaluate_model(lora, val, CPU).top1 == pytest.approx(_grad_mode_top1(lora, val))
 
 
 def one_copy(model: nn.Module) -> nn.Module:

@@ -8,6 +8,7 @@ batch of zero images, and messages that used to mislead.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -31,6 +32,9 @@ from pvtv2.engine.metrics import MetricsLog, read_metrics
 from pvtv2.engine.training_state import FORMAT_KEY, LAST, atomic_save
 from pvtv2.models import cpu_inference, download
 from pvtv2.segmentation.train import pixel_cross_entropy
+
+# The module (the attribute pvtv2.classification.train is the function the package exports).
+CLASSIFICATION_TRAINING = importlib.import_module("pvtv2.classification.train")
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "configs/digits/pvt_v2_b0.yaml"
@@ -136,7 +140,7 @@ def test_ctrl_c_in_training_says_how_to_resume(
     def interrupted(config: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pvtv2.classification.train.train", interrupted)
+    monkeypatch.setattr(CLASSIFICATION_TRAINING, "train", interrupted)
     out = tmp_path / "run"
     status, err = run(["train", "--config", str(DIGITS), "--output_dir", str(out)], capsys)
     assert status == 130
@@ -175,7 +179,7 @@ def test_run_failures_exit_with_status_1(monkeypatch: pytest.MonkeyPatch, capsys
     def diverged(config: object) -> None:
         raise errors.RunFailure("loss_classifier is nan at batch 3; lower the lr")
 
-    monkeypatch.setattr("pvtv2.classification.train.train", diverged)
+    monkeypatch.setattr(CLASSIFICATION_TRAINING, "train", diverged)
     status, err = run(["train", "--config", str(DIGITS), "--output_dir", "unused"], capsys)
     assert status == 1
     assert_one_sentence(err, "train", "error: loss_classifier is nan at batch 3")

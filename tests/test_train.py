@@ -152,8 +152,11 @@ def test_training_keeps_freed_memory_unless_told_not_to(monkeypatch: pytest.Monk
     # What keeping freed memory does is tested in a fresh process (test_bench.py); here: who asks for it.
     import contextlib
 
+    import importlib
+
     import pvtv2.cli.common
-    import pvtv2.classification.train
+
+    training = importlib.import_module("pvtv2.classification.train")  # pvtv2.classification.train is the function
 
     seen = {}
 
@@ -168,7 +171,7 @@ def test_training_keeps_freed_memory_unless_told_not_to(monkeypatch: pytest.Monk
         seen["trained_inside"], seen["epochs"] = seen["inside"], config.optim.epochs
 
     monkeypatch.setattr(pvtv2.cli.common, "keep_freed_memory", recording)
-    monkeypatch.setattr(pvtv2.classification.train, "train", fake_train)
+    monkeypatch.setattr(training, "train", fake_train)
     assert main(["train", "--config", str(REPO / "configs/digits/pvt_v2_b0.yaml"), "--epochs", "2", *flag]) == 0
     assert seen == {"enabled": kept, "inside": False, "trained_inside": True, "epochs": 2}
 

@@ -1,26 +1,20 @@
 """Image classification with PVT models: the paper's ImageNet recipe (section 5.1), evaluation, inference.
 
-The names below are imported on first use, so that building the ``pvt`` parser (which reads this
-package's config schema) does not import timm and the training stack.
+The library verbs are :func:`train` (a config), :func:`evaluate` (a checkpoint on a data set -> top-1, top-5,
+loss) and :func:`predict` (a checkpoint on images -> their top-k classes).
 """
 
-from __future__ import annotations
+from .complexity import paper_tables
+from .config import ClassificationConfig
+from .datasets import ImageFolder, build_dataset
+from .digits import Digits
+from .evaluate import CheckpointEvaluation, EvalResult, evaluate, evaluate_model
+from .inference import LoadedClassifier, load_classifier
+from .predict import Prediction, predict
+from .train import train
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "ClassificationConfig": "config",
-    "build_dataset": "datasets", "ImageFolder": "datasets", "Digits": "digits",
-    "EvalResult": "evaluate", "evaluate": "evaluate", "evaluate_checkpoint": "evaluate",
-    "LoadedClassifier": "inference", "load_classifier": "inference", "predict": "predict",
-    "paper_tables": "complexity",
-    "train": "train",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__all__ = [
+    "CheckpointEvaluation", "ClassificationConfig", "Digits", "EvalResult", "ImageFolder", "LoadedClassifier",
+    "Prediction", "build_dataset", "evaluate", "evaluate_model", "load_classifier", "paper_tables", "predict",
+    "train",
+]

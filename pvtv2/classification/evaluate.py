@@ -34,7 +34,7 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: str = "none") -> EvalResult:
+def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, amp: str = "none") -> EvalResult:
     """Evaluate ``model`` on this process's ``loader``; every process gets the totals over all of them."""
     was_training = model.training
     model.eval()
@@ -59,7 +59,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: st
 
 @dataclass(frozen=True)
 class CheckpointEvaluation:
-    """:func:`evaluate_checkpoint`'s figures and what they were measured on."""
+    """:func:`evaluate`'s figures and what they were measured on."""
 
     result: EvalResult
     model_name: str
@@ -70,7 +70,7 @@ class CheckpointEvaluation:
     is_main: bool  # the process that reports (every process of a torchrun gets the same totals)
 
 
-def evaluate_checkpoint(
+def evaluate(
     checkpoint: str | Path, data: str, *, model: str | None = None, img_size: int | None = None,
     crop_pct: float | None = None, batch_size: int = 100, workers: int = min(4, os.cpu_count() or 1),
     device: str = "auto", amp: str = "none", use_ema: bool = False, bad_images: str = "error",
@@ -106,7 +106,7 @@ def evaluate_checkpoint(
         loader = DataLoader(distributed.shard(dataset, env.rank, env.world_size), batch_size,
                             num_workers=0 if data == "digits" else workers,  # the digits are in memory already
                             pin_memory=env.device.type == "cuda")
-        result = evaluate(classifier.model.to(env.device), loader, env.device, amp)
+        result = evaluate_model(classifier.model.to(env.device), loader, env.device, amp)
     finally:
         distributed.cleanup()
     return CheckpointEvaluation(result, classifier.model_name, classifier.description, where, img_size,

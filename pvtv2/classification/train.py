@@ -27,7 +27,7 @@ from ..models import create_model
 from ..models.complexity import count_params
 from .config import ClassificationConfig
 from .datasets import build_dataset
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, evaluate_model
 from .recipe import build_criterion, build_mixup, build_scheduler, build_train_sampler, scaled_lr
 from .transforms import eval_resize, eval_transform, train_transform
 
@@ -130,8 +130,8 @@ def train(cfg: ClassificationConfig) -> EvalResult:
             with progress_bar(env, steps_per_epoch * optim.accumulate_steps, f"epoch {epoch + 1}/{optim.epochs}") as bar:
                 batches = islice(train_loader, steps_per_epoch * optim.accumulate_steps)
                 stats = train_steps(train_model, batches, losses_of, step, env, bar, after_step=after_step)
-            result = evaluate(model, val_loader, env.device, cfg.run.amp)
-            ema_result = evaluate(ema.module, val_loader, env.device, cfg.run.amp) if ema is not None else None
+            result = evaluate_model(model, val_loader, env.device, cfg.run.amp)
+            ema_result = evaluate_model(ema.module, val_loader, env.device, cfg.run.amp) if ema is not None else None
             # Every process's RNG state, captured after the epoch's last random draw (evaluation included).
             rng = all_rng_states()
             best_top1 = max(best_top1, result.top1)
@@ -151,7 +151,7 @@ def train(cfg: ClassificationConfig) -> EvalResult:
                     f"{result.summary()}" + (f", EMA top-1 {ema_result.top1:.2f}%" if ema_result is not None else ""))
 
         if result is None:  # the checkpoint had finished every epoch already
-            result = evaluate(model, val_loader, env.device, cfg.run.amp)
+            result = evaluate_model(model, val_loader, env.device, cfg.run.amp)
         run.say(f"held-out accuracy: {result.summary()}")
         run.say(f"checkpoint {out / 'last.pth'}, metrics {out / 'metrics.jsonl'}, curves {out / CURVES}")
         return result

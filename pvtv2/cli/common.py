@@ -93,12 +93,6 @@ def check_output_path(path: Path, option: str) -> None:
     check_writable(folder, f"{path}", f"choose another {option}")
 
 
-def check_score_threshold(value: float, option: str = "--score-threshold") -> None:
-    """A detection score threshold is a probability (NaN is refused too: no score compares with it)."""
-    if not 0 <= value <= 1:
-        raise CommandError(f"{option} must be in [0, 1], got {value}")
-
-
 def what_a_stopped_run_left(output_dir: Path) -> str:
     """What a user whose run stopped midway can do next (checkpoints are written atomically, so the last
     one is whole)."""

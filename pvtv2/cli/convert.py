@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
         from ..segmentation.release import holds_segmenter
 
         if args.to == "mmseg" or (args.to == "pvtv2" and holds_segmenter(args.source)):
-            from ..segmentation.release import convert
+            from ..segmentation.release import CONVERTER
         else:
-            from ..detection.release import convert
-        print(convert(args.source, args.destination, args.to))
+            from ..detection.release import CONVERTER
+        print(CONVERTER.convert(args.source, args.destination, args.to))
         return 0
     done = convert_checkpoint(args.source, args.destination, args.to, args.model)
     if done.backbone_only:

@@ -32,7 +32,7 @@ from ..detection.registry import DETECTORS
 from ..engine.config import check_option
 from ..engine.files import check_output_file
 from ..files import written_atomically
-from .common import CommandError, add_config_arguments, check_score_threshold, run_training
+from .common import CommandError, add_config_arguments, run_training
 
 _TITLES = ", ".join(spec.title for spec in DETECTORS.values())
 
@@ -101,8 +101,8 @@ def run_eval(args: argparse.Namespace) -> int:
     check_option(args.workers, DetDataConfig, "num_workers", "--workers")
     if args.json is not None:
         check_output_file(args.json, "--json", (".json",), "the figures", [args.checkpoint])
-    metrics = evaluate(args.checkpoint, root=args.root, split=args.split, batch_size=args.batch_size,
-                       num_workers=args.workers, device=args.device, amp=args.amp, config=args.config)
+    metrics = evaluate(args.checkpoint, args.root, split=args.split, batch_size=args.batch_size,
+                       workers=args.workers, device=args.device, amp=args.amp, config=args.config)
     # pycocotools' -1 marks a figure that has no ground truth (APs of a split without small objects): it is
     # shown as such, never as a number.
     for name, value in metrics.items():
@@ -115,7 +115,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..detection.predict import predict
+    from ..detection.predict import check_score_threshold, predict
 
     if not args.image.is_file():
         raise CommandError(f"image {args.image} does not exist")

@@ -48,14 +48,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here, so that the other subcommands do not load the training stack (timm).
     from ..classification.config import AugmentConfig, DataConfig, OptimConfig
-    from ..classification.evaluate import evaluate_checkpoint
+    from ..classification.evaluate import evaluate
 
     # Options that stand in for config keys are held to the same limits (0 is a value, not "the default").
     check_option(args.img_size, DataConfig, "img_size", "--img-size")
     check_option(args.crop_pct, AugmentConfig, "eval_crop_pct", "--crop-pct")
     check_option(args.batch_size, OptimConfig, "batch_size", "--batch-size")
     check_option(args.workers, DataConfig, "num_workers", "--workers")
-    measured = evaluate_checkpoint(
+    measured = evaluate(
         args.checkpoint, args.data, model=args.model, img_size=args.img_size, crop_pct=args.crop_pct,
         batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp, use_ema=args.ema,
         bad_images=args.bad_images,

@@ -89,13 +89,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..segmentation.config import parse_scales
-    from ..segmentation.evaluate import evaluate_checkpoint
+    from ..segmentation.evaluate import evaluate
 
     # Options that stand in for config keys are held to the same limits, before anything is loaded.
     check_option(args.stride, SegTestConfig, "slide_stride", "--stride")
     check_option(args.workers, SegDataConfig, "num_workers", "--workers")
     scales = None if args.scales is None else parse_scales(args.scales, "--scales")
-    measured = evaluate_checkpoint(
+    measured = evaluate(
         args.checkpoint, args.data, dataset=args.dataset, split=args.split, mode=args.mode, stride=args.stride,
         flip=args.flip, scales=scales, workers=args.workers, device=args.device, amp=args.amp,
         progress=not args.json,
@@ -113,28 +113,15 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..data import read_image
-    from ..data.images import check_class_map_output, check_image_output, save_class_map, save_image
-    from ..engine.distributed import resolve_device
-    from ..segmentation.predict import load_segmenter, overlay, segment
+    from ..data.images import check_class_map_output, check_image_output
+    from ..segmentation.predict import predict
 
     if not 0 <= args.alpha <= 1:
         raise CommandError(f"--alpha must be between 0 and 1, got {args.alpha}")
     check_image_output(args.out, "--out", [args.image, args.checkpoint])
     if args.labels is not None:
         check_class_map_output(args.labels, "--labels", inputs=[args.image, args.checkpoint, args.out])
-    picture = read_image(args.image)
-    segmenter = load_segmenter(args.checkpoint)
-    if args.labels is not None:  # now that the number of classes is known
-        check_class_map_output(args.labels, "--labels", len(segmenter.class_names), [args.image, args.out])
-    segmenter.model_input().check(args.image, picture.size)
-    pixels = np.asarray(picture).copy()
-    labels = segment(segmenter, pixels, resolve_device(args.device), mode=args.mode, flip=args.flip or None)
-    save_image(overlay(pixels, labels, segmenter.class_names, args.alpha, segmenter.colours), args.out)
-    if args.labels is not None:
-        save_class_map(labels, args.labels, len(segmenter.class_names))
-    found = ", ".join(segmenter.class_names[c] for c in sorted(set(labels.ravel().tolist())))
-    print(f"{args.image}: {found}\noverlay written to {args.out}")
+    prediction = predict(args.checkpoint, args.image, out=args.out, labels=args.labels, alpha=args.alpha,
+                         mode=args.mode, flip=args.flip, device=args.device)
+    print(f"{args.image}: {', '.join(prediction.found)}\noverlay written to {args.out}")
     return 0

@@ -16,19 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
-from torch import nn
-from torchvision.transforms.v2 import functional as TF
-
-from ..data import read_image
-from ..data.images import IMAGENET_MEAN, IMAGENET_STD, ModelInput
 from ..detection.registry import DETECTORS
-from .common import CommandError, check_score_threshold
-
-STAGES = (1, 2, 3, 4)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -105,80 +94,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="the picture (.png, .jpg...)")
 
 
-# -- attention and features -------------------------------------------------------------------------------
-def _model(args: argparse.Namespace) -> tuple[nn.Module, str]:
-    """The model the arguments name, in eval mode, and its description (which says when weights are random)."""
-    from ..models import create_model
-
-    if args.checkpoint is not None:
-        if args.pretrained is not None:
-            raise CommandError("give either --checkpoint FILE or --model NAME --pretrained WEIGHTS, not both")
-        from ..classification.inference import load_classifier
-
-        loaded = load_classifier(args.checkpoint, args.model)
-        return loaded.model.eval(), loaded.description
-    if args.model is None:
-        raise CommandError("name the model: --checkpoint FILE, or --model NAME (with --pretrained official or a file)")
-    pretrained = args.pretrained
-    model = create_model(args.model, pretrained=pretrained)
-    return model.eval(), f"{args.model} ({'random weights' if pretrained is None else pretrained})"
-
-
-def _picture(args: argparse.Namespace) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The image as float RGB (3, H, W) in [0, 1], resized by --size, and its size in the file (H, W)."""
-    if args.size is not None and args.size < 1:
-        raise CommandError(f"--size must be a positive number of pixels, got {args.size}")
-    image = read_image(args.image)  # names the file when it cannot be read
-    # Refused before the model is loaded: any PVT needs at least this many pixels per side, and no picture
-    # may become larger than PIL opens.
-    ModelInput(smallest=1, shorter=args.size).check(args.image, image.size)
-    pixels = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
-    original = (pixels.shape[1], pixels.shape[2])
-    if args.size is not None:
-        pixels = TF.resize(pixels, [args.size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
-    return pixels, original
-
-
-def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    return TF.normalize(pixels, IMAGENET_MEAN, IMAGENET_STD)
-
-
-def _check_model_input(model: nn.Module, args: argparse.Namespace, original: tuple[int, int]) -> None:
-    smallest = getattr(model, "min_input_size", 1)
-    ModelInput(smallest=smallest, shorter=args.size).check(args.image, (original[1], original[0]))
-
-
-def _points(args: argparse.Namespace, original: tuple[int, int], pixels: torch.Tensor) -> list[tuple[int, int]] | None:
-    """--point pixels of the file, checked against it, in the pixels of the (resized) model input."""
-    if not args.point:
-        return None
-    height, width = original
-    scaled = []
-    for x, y in args.point:
-        if not (0 <= x < width and 0 <= y < height):
-            raise CommandError(f"--point {x} {y} is outside image {args.image} ({width}x{height} pixels): "
-                               f"give x in 0..{width - 1} and y in 0..{height - 1}")
-        scaled.append((int(x * pixels.shape[2] / width), int(y * pixels.shape[1] / height)))
-    return scaled
-
-
 def run_attention(args: argparse.Namespace) -> int:
-    from ..visualize import attention_maps
-    from ..visualize.figures import attention_figure, check_figure_output, save
+    from ..visualize.pictures import draw_attention
 
-    if args.stage not in STAGES:
-        raise CommandError(f"--stage {args.stage} does not exist: PVT models have stages 1 to 4")
-    check_figure_output(args.out, "--out", [args.image])
-    pixels, original = _picture(args)
-    model, description = _model(args)
-    _check_model_input(model, args, original)
-    points = _points(args, original, pixels)
-    result = attention_maps(model, _normalise(pixels), stage=args.stage, points=points, rollout=args.rollout)
-    block = "rollout over its" if args.rollout else f"block {result.block + 1} of"
-    blocks = len(model.blocks(args.stage - 1))
-    title = (f"{description}\nstage {args.stage}, {block} {blocks}: queries on {result.token_grid[0]}x"
-             f"{result.token_grid[1]} tokens, keys on {result.key_grid[0]}x{result.key_grid[1]} cells")
-    save(attention_figure(pixels.permute(1, 2, 0).numpy(), result, title), args.out)
+    result = draw_attention(args.image, args.out, model=args.model, pretrained=args.pretrained,
+                            checkpoint=args.checkpoint, size=args.size, stage=args.stage, points=args.point,
+                            rollout=args.rollout)
     _note_random_weights(args)
     heads = result.maps.shape[1]
     print(f"{args.out}: stage {args.stage}, {len(result.points)} point(s) x {heads} "
@@ -187,20 +108,13 @@ def run_attention(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from ..visualize import feature_maps
-    from ..visualize.figures import check_figure_output, features_figure, save
+    from ..visualize.pictures import FEATURE_WORDS, draw_features
 
-    check_figure_output(args.out, "--out", [args.image])
-    pixels, original = _picture(args)
-    model, description = _model(args)
-    _check_model_input(model, args, original)
-    levels = feature_maps(model, _normalise(pixels), args.mode)
-    what = "first 3 principal components as RGB" if args.mode == "pca" else "channel mean of |activation|"
-    save(features_figure(pixels.permute(1, 2, 0).numpy(), levels, model.embed_dims, f"{description}: {what}"),
-         args.out)
+    levels = draw_features(args.image, args.out, model=args.model, pretrained=args.pretrained,
+                           checkpoint=args.checkpoint, size=args.size, mode=args.mode)
     _note_random_weights(args)
     shapes = ", ".join(f"{level.shape[-2]}x{level.shape[-1]}" for level in levels)
-    print(f"{args.out}: pyramid levels {shapes} ({what})")
+    print(f"{args.out}: pyramid levels {shapes} ({FEATURE_WORDS[args.mode]})")
     return 0
 
 
@@ -210,49 +124,10 @@ def _note_random_weights(args: argparse.Namespace) -> None:
               file=sys.stderr)
 
 
-# -- predictions ------------------------------------------------------------------------------------------
 def run_predictions(args: argparse.Namespace) -> int:
-    from ..detection.loading import load_detector
-    from ..detection.predict import detect, draw
-    from ..engine.distributed import resolve_device
-    from ..segmentation.predict import load_segmenter, overlay, segment
-    from ..visualize.figures import check_figure_output, predictions_figure, save
+    from ..visualize.pictures import draw_predictions
 
-    if not args.detection and not args.segmentation:
-        raise CommandError("give at least one checkpoint: --detection CKPT... and/or --segmentation CKPT...")
-    check_score_threshold(args.score_threshold)
-    check_figure_output(args.out, "--out", [*args.images, *args.detection, *args.segmentation])
-    pictures = {path: np.asarray(read_image(path)).copy() for path in args.images}  # each file read once, named if bad
-    columns: list[tuple[str, Any]] = []
-    for loaded in [*(load_detector(path, args.device) for path in args.detection),
-                   *(load_segmenter(path) for path in args.segmentation)]:
-        columns.append((_unique(columns, loaded.title), loaded))
-    # Every picture against every model's resize, before any model runs.
-    for path, pixels in pictures.items():
-        for _, loaded in columns:
-            loaded.model_input().check(path, (pixels.shape[1], pixels.shape[0]))
-    device = resolve_device(args.device)
-    rows = []
-    for path, pixels in pictures.items():
-        cells = {}
-        for title, loaded in columns:
-            if loaded.task == "detection":
-                image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
-                drawing = draw(image, detect(loaded, image, args.score_threshold), loaded.class_names)
-                cells[title] = drawing.permute(1, 2, 0).numpy()
-            else:
-                labels = segment(loaded, pixels, device)
-                cells[title] = np.asarray(overlay(pixels, labels, loaded.class_names, colours=loaded.colours))
-        rows.append((path.name, cells))
-    titles = [title for title, _ in columns]
-    save(predictions_figure(rows, titles), args.out)
-    print(f"{args.out}: {len(rows)} image(s) x {len(titles)} model(s): {', '.join(titles)}")
+    titles, rows = draw_predictions(args.images, args.out, detection=args.detection, segmentation=args.segmentation,
+                                    score_threshold=args.score_threshold, device=args.device)
+    print(f"{args.out}: {rows} image(s) x {len(titles)} model(s): {', '.join(titles)}")
     return 0
-
-
-def _unique(columns: list[tuple[str, Any]], title: str) -> str:
-    """``title``, numbered when an earlier column has it already (two checkpoints of the same kind)."""
-    taken = {t for t, _ in columns}
-    if title not in taken:
-        return title
-    return next(f"{title} ({n})" for n in range(2, len(columns) + 2) if f"{title} ({n})" not in taken)

@@ -2,6 +2,6 @@
 scenes that detection and segmentation use as their offline default. (Each task's datasets live in its own
 folder.)"""
 
-from .images import DatasetError, read_image, read_image_tensor
+from .images import DatasetError, read_image
 
-__all__ = ["DatasetError", "read_image", "read_image_tensor"]
+__all__ = ["DatasetError", "read_image"]

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 from torch import Tensor
-from torchvision.transforms.v2.functional import pil_to_tensor
 
 from ..engine.files import check_output_file
 from ..errors import InputError
@@ -92,11 +91,6 @@ def picture_size(path: str | Path) -> tuple[int, int]:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DatasetError(f"cannot read image {path}: {error}") from error
     return (height, width) if turned else (width, height)
-
-
-def read_image_tensor(path: str | Path) -> torch.Tensor:
-    """:func:`read_image` as a uint8 tensor (3, H, W)."""
-    return pil_to_tensor(read_image(path))
 
 
 def _as_rgb(image: Image.Image, path: str | Path) -> Image.Image:

@@ -16,16 +16,17 @@ from .loading import load_detector
 RELEASE_SPLIT = "val2017"  # what a release file is evaluated on unless told: COCO's held-out split
 
 
-def evaluate(path: str | Path, *, root: str | None = None, split: str | None = None, batch_size: int = 2,
-             num_workers: int = 2, device: str = "auto", amp: str = "none",
+def evaluate(checkpoint: str | Path, data: str | None = None, *, split: str | None = None, batch_size: int = 2,
+             workers: int = 2, device: str = "auto", amp: str = "none",
              config: str | Path | None = None) -> dict[str, float]:
-    """COCO metrics of a det-train checkpoint on ``root/split`` (default: its config's held-out split), or of
-    a release file (``root`` needed; default split ``val2017``; its classes found in the data set by name)."""
-    detector = load_detector(path, device, config)
+    """COCO metrics of a det-train ``checkpoint`` on ``data/split`` (default: its config's data root and
+    held-out split), or of a release file (``data``, the COCO root, needed; default split ``val2017``; its
+    classes found in the data set by name). ``config``: the MMDetection config of a release file without one."""
+    detector = load_detector(checkpoint, device, config)
     config = detector.config
-    if config is None and root is None:
-        raise InputError(f"{path} is a release file, which names no data set: give the COCO root with --root")
-    root = root if root is not None else config.data.root
+    if config is None and data is None:
+        raise InputError(f"{checkpoint} is a release file, which names no data set: give the COCO root with --root")
+    root = data if data is not None else config.data.root
     if config is not None and config.data.dataset == "shapes" and root == config.data.root:
         ensure_shapes(root, config.data.shapes_train, config.data.shapes_val, config.data.shapes_size,
                       seed=config.run.seed)
@@ -40,10 +41,10 @@ def evaluate(path: str | Path, *, root: str | None = None, split: str | None = N
         missing = [name for name in detector.class_names if name not in by_name]
         if missing:
             raise DatasetError(f"{paths.annotations} has no categories named {', '.join(map(repr, missing[:5]))} of "
-                               f"{path}'s {len(detector.class_names)} classes")
+                               f"{checkpoint}'s {len(detector.class_names)} classes")
         category_ids = [by_name[name] for name in detector.class_names]
     elif dataset.category_ids != category_ids:
         raise DatasetError(f"{paths.annotations} has categories {dataset.category_ids}, but the checkpoint was "
                            f"trained on {category_ids}")
-    loader = DataLoader(dataset, batch_size, collate_fn=collate, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size, collate_fn=collate, num_workers=workers)
     return evaluate_model(detector.model, loader, dataset, detector.device, amp, with_masks, category_ids=category_ids)

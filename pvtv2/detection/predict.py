@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torchvision.transforms.v2.functional import to_pil_image
+from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from ..data import read_image_tensor
+from ..data import read_image
 from ..data.images import save_image
+from ..errors import InputError
 from .coco_metric import mask_rles
 from .data import eval_transform
 from .loading import LoadedDetector, load_detector
@@ -39,21 +41,33 @@ def draw(image: torch.Tensor, output: dict[str, torch.Tensor], class_names: list
     return draw_bounding_boxes(image, output["boxes"], captions, colors=colours, width=2)
 
 
-def predict(checkpoint: str | Path | LoadedDetector, image_path: str | Path, *, out: str | Path | None = None,
+def check_score_threshold(value: float, option: str = "--score-threshold") -> None:
+    """A detection score threshold is a probability (NaN is refused too: no score compares with it)."""
+    if not 0 <= value <= 1:
+        raise InputError(f"{option} must be in [0, 1], got {value}")
+
+
+def drawn_detections(detector: LoadedDetector, pixels: np.ndarray, score_threshold: float = 0.5) -> np.ndarray:
+    """An RGB picture (H, W, 3) uint8 with its detections of score >= ``score_threshold`` drawn on it."""
+    image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    return draw(image, detect(detector, image, score_threshold), detector.class_names).permute(1, 2, 0).numpy()
+
+
+def predict(checkpoint: str | Path | LoadedDetector, image: str | Path, *, out: str | Path | None = None,
             score_threshold: float = 0.5, device: str = "auto", config: str | Path | None = None
             ) -> list[dict[str, Any]]:
     """The detections of the detector ``checkpoint`` (a det-train checkpoint, a release file or a
-    :class:`LoadedDetector`; ``device`` and ``config`` as :func:`load_detector`'s) in ``image_path`` with score
+    :class:`LoadedDetector`; ``device`` and ``config`` as :func:`load_detector`'s) in ``image`` with score
     >= ``score_threshold``, as ``{label, score, box}`` dicts (box as x0, y0, x1, y1 pixels; ``mask`` as COCO
     RLE for the mask detectors); ``out``: also draw them there (its format from the extension)."""
     detector = checkpoint if isinstance(checkpoint, LoadedDetector) else load_detector(checkpoint, device, config)
-    image_path = Path(image_path)
-    image = read_image_tensor(image_path)
-    detector.model_input().check(image_path, (image.shape[-1], image.shape[-2]))  # before the model fails on it
-    output = detect(detector, image, score_threshold)
+    path = Path(image)
+    pixels = pil_to_tensor(read_image(path))  # uint8 (3, H, W)
+    detector.model_input().check(path, (pixels.shape[-1], pixels.shape[-2]))  # before the model fails on it
+    output = detect(detector, pixels, score_threshold)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        save_image(to_pil_image(draw(image, output, detector.class_names)), out)  # format from the extension
+        save_image(to_pil_image(draw(pixels, output, detector.class_names)), out)  # format from the extension
     detections = [dict(label=detector.class_names[int(label) - 1], score=float(score), box=[float(v) for v in box])
                   for label, score, box in zip(output["labels"], output["scores"], output["boxes"])]
     if "masks" in output:

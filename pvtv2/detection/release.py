@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..engine.release import (
-    ReleaseFile, ReleaseFileError, config_value, convert_layout, pipeline_scale, release_backbone, write_release,
+    LayoutConverter, ReleaseFile, ReleaseFileError, config_value, pipeline_scale, release_backbone, write_release,
 )
 from .registry import DETECTORS
 from .spec import DetectorSpec
@@ -210,25 +210,27 @@ def as_training_checkpoint(release: ReleaseDetector, source: str) -> dict[str, A
     }
 
 
-def convert(source: str | Path, destination: str | Path, to: str) -> str:
-    """``pvt convert`` of a detector: a det-train checkpoint to the release layout (``to="mmdet"``: a file
-    MMDetection 2.x / 3.x loads with strict keys, and this package reads back), or a release file to a
-    det-train checkpoint (``to="pvtv2"``); returns what was written, in a sentence."""
+def _checkpoint_of(release: ReleaseFile, source: str) -> tuple[dict[str, Any], str]:
+    detector = from_release(release)
+    return as_training_checkpoint(detector, source), _holding(detector.spec, detector.backbone, detector.class_names)
+
+
+def _write_release_of(source: str | Path, destination: str | Path) -> str:
     from .loading import load_detector
 
-    def from_file(release: ReleaseFile, source: str) -> tuple[dict[str, Any], str]:
-        detector = from_release(release)
-        return (as_training_checkpoint(detector, source),
-                f"{detector.spec.title} {detector.backbone}, {len(detector.class_names)} classes")
+    detector = load_detector(source, "cpu")
+    config = detector.config
+    write_release_file(str(destination), detector.model.state_dict(), detector.spec, detector.backbone,
+                       tuple(detector.class_names), config.data.min_size, config.data.max_size,
+                       config.model.detections_per_img)
+    return _holding(detector.spec, detector.backbone, detector.class_names)
 
-    def to_file() -> str:
-        detector = load_detector(source, "cpu")
-        config = detector.config
-        write_release_file(str(destination), detector.model.state_dict(), detector.spec, detector.backbone,
-                           tuple(detector.class_names), config.data.min_size, config.data.max_size,
-                           config.model.detections_per_img)
-        return f"{destination}: {detector.spec.title} {detector.backbone}, {len(detector.class_names)} classes, in " \
-               f"MMDetection's layout (load it with strict keys into the official config's model)"
 
-    return convert_layout(source, destination, to, framework="MMDetection", command="det-train",
-                          uses="det-eval, det-predict, show", from_release=from_file, to_release=to_file)
+def _holding(spec: DetectorSpec, backbone: str, class_names: Sequence[str]) -> str:
+    return f"{spec.title} {backbone}, {len(class_names)} classes"
+
+
+# ``pvt convert`` of a detector: a det-train checkpoint to the release layout (--to mmdet: a file MMDetection
+# 2.x / 3.x loads with strict keys, and this package reads back), or a release file to a det-train checkpoint.
+CONVERTER = LayoutConverter("MMDetection", "det-train", "det-eval, det-predict, show", _checkpoint_of,
+                            _write_release_of)

@@ -28,10 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from ..data.images import resize_image
+# MMDetection's mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375) are these times 255.
+from ..data.images import IMAGENET_MEAN, IMAGENET_STD, resize_image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # MMDetection's (123.675, 116.28, 103.53) / 255
-IMAGENET_STD = (0.229, 0.224, 0.225)  # MMDetection's (58.395, 57.12, 57.375) / 255
 MASK_THRESHOLD = 0.5  # a pixel belongs to the object where its pasted probability is >= this (mask_thr_binary)
 
 

@@ -233,27 +233,39 @@ def pipeline_scale(config: Mapping[str, Any], default: tuple[int, int]) -> tuple
     return default
 
 
-def convert_layout(source: str | os.PathLike, destination: str | os.PathLike, to: str, *, framework: str,
-                   command: str, uses: str, from_release: Callable[[ReleaseFile, str], tuple[dict[str, Any], str]],
-                   to_release: Callable[[], str]) -> str:
-    """``pvt convert`` of a whole detector or segmenter: a ``framework`` release file to one of our ``command``
-    checkpoints (``to="pvtv2"``; ``from_release(release, source)`` gives the checkpoint and what it holds, in
-    words) or one of ours to the release layout (any other ``to``: ``to_release()`` writes it and says what it
-    wrote); returns what was written, in a sentence. ``uses``: the commands that read the checkpoint."""
-    from ..models.loading import read_file
-    from .training_state import atomic_save
+@dataclass(frozen=True)
+class LayoutConverter:
+    """How ``pvt convert`` turns a task's whole models between a framework's release layout and our checkpoints."""
 
-    loaded = read_file(source)
-    released = is_release_layout(loaded)
-    if to == "pvtv2":
-        if not released:
-            raise ReleaseFileError(f"{source} is not an {framework} release file; --to pvtv2 converts those")
-        checkpoint, description = from_release(read_release(source, loaded), str(source))
-        atomic_save(checkpoint, destination)
-        return f"{destination}: {description}, as a {command} checkpoint (for {uses})"
-    if released:
-        raise ReleaseFileError(f"{source} is in the release layout already; --to {to} converts {command} checkpoints")
-    return to_release()
+    framework: str  # whose release files ("MMDetection")
+    command: str  # the command whose checkpoints ours are ("det-train")
+    uses: str  # the commands that read those checkpoints
+    # A release file (and its path) -> our checkpoint of it and what it holds, in words.
+    to_checkpoint: Callable[[ReleaseFile, str], tuple[dict[str, Any], str]]
+    # Our checkpoint at the first path written in the release layout at the second -> what it holds, in words.
+    to_release: Callable[[str | os.PathLike, str | os.PathLike], str]
+
+    def convert(self, source: str | os.PathLike, destination: str | os.PathLike, to: str) -> str:
+        """A release file to one of our checkpoints (``to="pvtv2"``), or one of ours to the release layout
+        (any other ``to``: a file the framework loads with strict keys); returns what was written, in a sentence."""
+        from ..models.loading import read_file
+        from .training_state import atomic_save
+
+        loaded = read_file(source)
+        released = is_release_layout(loaded)
+        if to == "pvtv2":
+            if not released:
+                raise ReleaseFileError(f"{source} is not an {self.framework} release file; --to pvtv2 converts those")
+            checkpoint, holds = self.to_checkpoint(read_release(source, loaded), str(source))
+            atomic_save(checkpoint, destination)
+            return f"{destination}: {holds}, as a {self.command} checkpoint (for {self.uses})"
+        if released:
+            raise ReleaseFileError(f"{source} is in the release layout already; --to {to} converts {self.command} "
+                                   f"checkpoints")
+        holds = self.to_release(source, destination)
+        return (f"{destination}: {holds}, in {self.framework}'s layout (load it with strict keys into the official "
+                f"config's model)")
+
 
 # -- the released files ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def predict_probabilities(
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_model(
     model: nn.Module,
     loader: DataLoader,
     device: torch.device,
@@ -192,7 +192,7 @@ def evaluate(
 
 @dataclass(frozen=True)
 class CheckpointEvaluation:
-    """:func:`evaluate_checkpoint`'s metrics and what they were measured on."""
+    """:func:`evaluate`'s metrics and what they were measured on."""
 
     metrics: SegmentationMetrics
     description: str  # the segmenter and where its weights come from
@@ -201,7 +201,7 @@ class CheckpointEvaluation:
     is_main: bool  # the process that reports (every process of a torchrun gets the same totals)
 
 
-def evaluate_checkpoint(
+def evaluate(
     checkpoint: str | Path, data: str | None = None, *, dataset: str | None = None, split: str = "val",
     mode: Mode | None = None, stride: int | None = None, flip: bool = False, scales: Sequence[float] | None = None,
     workers: int = min(4, os.cpu_count() or 1), device: str = "auto", amp: str = "none", progress: bool = False,
@@ -230,7 +230,7 @@ def evaluate_checkpoint(
         images = SegmentationDataset(root, split, layout, class_names=names,
                                      transform=EvalTransform(cfg.augment.scale), model_input=test_input)
         loader = DataLoader(distributed.shard(images, env.rank, env.world_size), 1, num_workers=workers)
-        metrics = evaluate(segmenter.model.to(env.device), loader, env.device, names,
+        metrics = evaluate_model(segmenter.model.to(env.device), loader, env.device, names,
                            mode=_given(mode, test.test_mode), crop_size=cfg.augment.crop_size,
                            stride=_given(stride, test.slide_stride), flip=flip or test.flip_test, scales=scales,
                            amp=amp, progress=progress and env.is_main)

@@ -1,4 +1,5 @@
-"""A segmenter from a checkpoint, per-pixel prediction of an image, and a colour overlay with a legend.
+"""A segmenter from a checkpoint, per-pixel prediction of an image (:func:`predict`), and a colour overlay
+with a legend.
 
 Checkpoints of ``pvt seg-train`` carry their backbone, classes and test settings. The official PVT Semantic
 FPN release files (MMSegmentation 0.13) are read as they are (:mod:`pvtv2.segmentation.release`): their
@@ -19,7 +20,9 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torchvision import tv_tensors
 
-from ..data.images import ModelInput
+from ..data import read_image
+from ..data.images import ModelInput, check_class_map_output, save_class_map, save_image
+from ..engine.distributed import resolve_device
 from ..engine.release import read_release, resolve_checkpoint
 from ..engine.training_state import FORMAT_KEY, training_checkpoint
 from ..models.loading import CheckpointError, check_weights, read_file
@@ -112,6 +115,49 @@ def segment(segmenter: LoadedSegmenter, pixels: np.ndarray, device: torch.device
         scales=parse_scales(cfg.test.test_scales if scales is None else scales),
     )
     return probs.argmax(1)[0].cpu().numpy()
+
+
+def drawn_segmentation(segmenter: LoadedSegmenter, pixels: np.ndarray, device: torch.device | str = "cpu"
+                       ) -> np.ndarray:
+    """An RGB picture (H, W, 3) uint8 with its classes tinted in their colours and a legend on the right."""
+    labels = segment(segmenter, pixels, device)
+    return np.asarray(overlay(pixels, labels, segmenter.class_names, colours=segmenter.colours))
+
+
+@dataclass(frozen=True)
+class SegmentationPrediction:
+    """:func:`predict`'s class per pixel of an image, and the segmenter's class names."""
+
+    labels: np.ndarray  # (H, W) class indices
+    class_names: list[str]
+
+    @property
+    def found(self) -> list[str]:
+        """The names of the classes present, in class order."""
+        return [self.class_names[c] for c in sorted(set(self.labels.ravel().tolist()))]
+
+
+def predict(checkpoint: str | Path, image: str | Path, *, out: str | Path | None = None,
+            labels: str | Path | None = None, alpha: float = 0.5, mode: str | None = None, flip: bool = False,
+            device: str = "auto") -> SegmentationPrediction:
+    """The class per pixel of ``image`` by a seg-train (or MMSegmentation Semantic FPN) ``checkpoint``, at its
+    test scale (``mode`` default and flip as the checkpoint's test settings, ``flip`` adds mirrored images).
+    ``out``: also write the image with each class tinted (opacity ``alpha``) and a legend; ``labels``: also
+    write the class indices as a lossless picture (.png, .tif)."""
+    image = Path(image)
+    picture = read_image(image)
+    segmenter = load_segmenter(checkpoint)
+    num_classes = len(segmenter.class_names)
+    if labels is not None:  # now that the number of classes is known
+        check_class_map_output(labels, "--labels", num_classes, [Path(p) for p in (image, out) if p is not None])
+    segmenter.model_input().check(image, picture.size)
+    pixels = np.asarray(picture).copy()
+    class_map = segment(segmenter, pixels, resolve_device(device), mode=mode, flip=flip or None)
+    if out is not None:
+        save_image(overlay(pixels, class_map, segmenter.class_names, alpha, segmenter.colours), out)
+    if labels is not None:
+        save_class_map(class_map, labels, num_classes)
+    return SegmentationPrediction(class_map, segmenter.class_names)
 
 
 def palette(num_classes: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from ..engine.release import (
+    LayoutConverter,
     ReleaseFile,
     ReleaseFileError,
     config_value,
-    convert_layout,
     is_release_layout,
     pipeline_scale,
     release_backbone,
@@ -221,23 +221,25 @@ def holds_segmenter(path: str | Path) -> bool:
     return loaded.get("task") == "segmentation" if FORMAT_KEY in loaded else is_segmenter_release(loaded)
 
 
-def convert(source: str | Path, destination: str | Path, to: str) -> str:
-    """``pvt convert`` of a segmenter: a seg-train checkpoint to the release layout (``to="mmseg"``: a file
-    MMSegmentation 0.x / 1.x loads with strict keys, and this package reads back), or a release file to a
-    seg-train checkpoint (``to="pvtv2"``); returns what was written, in a sentence."""
+def _checkpoint_of(release: ReleaseFile, source: str) -> tuple[dict[str, Any], str]:
+    segmenter = from_release(release)
+    return as_training_checkpoint(segmenter, source), _holding(segmenter.backbone, segmenter.class_names)
+
+
+def _write_release_of(source: str | Path, destination: str | Path) -> str:
     from .predict import load_segmenter
 
-    def from_file(release: ReleaseFile, source: str) -> tuple[dict[str, Any], str]:
-        segmenter = from_release(release)
-        return (as_training_checkpoint(segmenter, source),
-                f"Semantic FPN {segmenter.backbone}, {len(segmenter.class_names)} classes")
+    segmenter = load_segmenter(source)
+    write_release_file(destination, segmenter.model.state_dict(), segmenter.config, tuple(segmenter.class_names),
+                       tuple(tuple(int(v) for v in c) for c in segmenter.colours))
+    return _holding(segmenter.backbone, segmenter.class_names)
 
-    def to_file() -> str:
-        segmenter = load_segmenter(source)
-        write_release_file(destination, segmenter.model.state_dict(), segmenter.config, tuple(segmenter.class_names),
-                           tuple(tuple(int(v) for v in c) for c in segmenter.colours))
-        return (f"{destination}: Semantic FPN {segmenter.backbone}, {len(segmenter.class_names)} classes, in "
-                f"MMSegmentation's layout (load it with strict keys into the official config's model)")
 
-    return convert_layout(source, destination, to, framework="MMSegmentation", command="seg-train",
-                          uses="seg-eval, seg-predict, show", from_release=from_file, to_release=to_file)
+def _holding(backbone: str, class_names: Sequence[str]) -> str:
+    return f"Semantic FPN {backbone}, {len(class_names)} classes"
+
+
+# ``pvt convert`` of a segmenter: a seg-train checkpoint to the release layout (--to mmseg: a file MMSegmentation
+# 0.x / 1.x loads with strict keys, and this package reads back), or a release file to a seg-train checkpoint.
+CONVERTER = LayoutConverter("MMSegmentation", "seg-train", "seg-eval, seg-predict, show", _checkpoint_of,
+                            _write_release_of)

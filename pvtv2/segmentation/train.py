@@ -28,7 +28,7 @@ from ..engine.training_state import all_rng_states, resume, training_state
 from ..models.complexity import count_params
 from .config import SegmentationConfig, parse_scales
 from .data import IGNORE_INDEX, IterationSampler, SegmentationDataset, find_dataset
-from .evaluate import SegmentationMetrics, evaluate
+from .evaluate import SegmentationMetrics, evaluate_model
 from .model import build_segmenter
 from .transforms import EvalTransform, model_input, train_transform
 
@@ -124,7 +124,7 @@ def train(cfg: SegmentationConfig) -> SegmentationMetrics:
                 last = done == optim.iterations
                 record: dict[str, Any] = dict(iteration=done, **stats)
                 if last or (every.eval_interval and done % every.eval_interval == 0):
-                    result = evaluate(model, val_loader, env.device, class_names, **test_kwargs)
+                    result = evaluate_model(model, val_loader, env.device, class_names, **test_kwargs)
                     record.update(val_mIoU=result.mIoU, val_mAcc=result.mAcc, val_aAcc=result.aAcc)
                     run.say(f"iteration {done}/{optim.iterations}: train loss {stats['train_loss']:.4f}, "
                             f"held-out {result.summary()}")
@@ -143,7 +143,7 @@ def train(cfg: SegmentationConfig) -> SegmentationMetrics:
                     plot_curves(records.records, out / CURVES, "iteration", CURVE_PANELS)
 
         if result is None:  # the checkpoint had finished every iteration already
-            result = evaluate(model, val_loader, env.device, class_names, **test_kwargs)
+            result = evaluate_model(model, val_loader, env.device, class_names, **test_kwargs)
         run.say(f"held-out: {result.summary()}")
         run.say(result.table())
         run.say(f"checkpoint {out / 'last.pth'}, metrics {out / 'metrics.jsonl'}, curves {out / CURVES}")

@@ -23,8 +23,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2.functional import pil_to_tensor
 
-from ...data import DatasetError, read_image_tensor
+from ...data import DatasetError, read_image
 from ...data.images import ModelInput
 from ...data.shapes import write_coco_shapes
 from ...errors import InputError
@@ -134,7 +135,7 @@ class CocoDetection(Dataset):
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
         path = self._path(image_id)
-        pixels = read_image_tensor(path)
+        pixels = pil_to_tensor(read_image(path))  # uint8 (3, H, W)
         height, width = pixels.shape[-2:]
         if (height, width) != (info["height"], info["width"]):
             with Image.open(path) as file:  # its stored size: the EXIF orientation may turn it
