@@ -444,7 +444,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytes
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
 
-    import pvtv2.cli.export as export_command
+    import pvtv2.models.export as export_command
 
     monkeypatch.setattr(export_command, "export_onnx", lambda model, path: Path(path).write_bytes(b"onnx"))
     monkeypatch.setattr(export_command, "check_onnx", lambda model, path, sizes: [0.5 for _ in sizes])
@@ -516,7 +516,7 @@ def test_export_keeps_the_checkpoint_classes_or_refuses(classifier_file: Path, b
                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """It wrote a 1000-class ONNX whose head was random, with one note line, and ended "wrote ..."."""
-    import pvtv2.cli.export as export_command
+    import pvtv2.models.export as export_command
 
     exported = []
     monkeypatch.setattr(export_command, "export_onnx", lambda model, path: (exported.append(model),

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import pvtv2
-from pvtv2.models.export import check_onnx, export_onnx, export_program
+from pvtv2.errors import RunFailure
+from pvtv2.models.export import check_onnx, export_checked, export_onnx, export_program
 
 from .peers import relative_error
 
@@ -74,3 +75,16 @@ def test_onnx_export_runs_in_onnxruntime_at_any_size(name, features_only, tmp_pa
     # Sizes other than the 224x224 example: linear SRA's adaptive pooling used to be frozen to 224's window.
     errors = check_onnx(model, path, [(1, 224, 224), (2, 250, 333), (1, 97, 160)])
     assert max(errors) < 1e-4, errors
+
+
+def test_export_checked_writes_a_checked_program_or_nothing(tmp_path, monkeypatch):
+    model = pvtv2.create_model("pvt_v2_b0", num_classes=10).eval()
+    out = tmp_path / "b0.pt2"
+    ((size, error),) = export_checked(model, out, "torch-export")
+    assert size == (2, 250, 333) and error < 1e-5 and out.is_file()
+    import pvtv2.models.export as export_module
+
+    monkeypatch.setattr(export_module, "check_program", lambda model, path, sizes: [float("nan") for _ in sizes])
+    with pytest.raises(RunFailure, match="differs from PyTorch"):
+        export_checked(model, tmp_path / "bad.pt2", "torch-export")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b0.pt2"]  # NaN fails, and leaves no file behind

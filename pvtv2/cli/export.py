@@ -10,17 +10,12 @@ from pathlib import Path
 import torch
 
 from ..engine.files import check_output_file
-from ..errors import RunFailure
-from ..files import written_atomically
 from ..models import create_model, download
 from ..models.conversion import detect_checkpoint_format, head_classes
-from ..models.export import MAX_EXPORT_SIDE, MIN_EXPORT_SIDE, check_onnx, export_onnx, export_program
+from ..models.export import MAX_EXPORT_SIDE, MIN_EXPORT_SIDE, export_checked
 from ..models.factory import OFFICIAL
 from ..models.loading import read_checkpoint
 from .common import CommandError
-
-CHECK_SIZES = [(1, 224, 224), (2, 250, 333), (1, 512, 384)]  # (batch, height, width)
-TOLERANCE = 1e-4
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -48,29 +43,9 @@ def run(args: argparse.Namespace) -> int:
     model = create_model(args.name, pretrained=source, features_only=args.features_only,
                          num_classes=num_classes).eval()
     print(f"exporting {args.name} to {out} (dynamic batch; height and width {MIN_EXPORT_SIDE}..{MAX_EXPORT_SIDE})")
-    # Written beside its place and renamed there once checked: an export that fails its check leaves nothing.
-    with written_atomically(out) as temporary:
-        if args.format == "onnx":
-            export_onnx(model, temporary)
-            if not args.no_check:
-                errors = check_onnx(model, temporary, CHECK_SIZES)
-                for (batch, height, width), error in zip(CHECK_SIZES, errors):
-                    print(f"  onnxruntime vs PyTorch at {batch}x{height}x{width}: relative error {error:.1e}")
-                if not max(errors) <= TOLERANCE:  # NaN fails too
-                    raise RunFailure(f"the exported model differs from PyTorch by {max(errors):.1e} (> {TOLERANCE}); "
-                                     f"nothing was written")
-        else:
-            torch.export.save(export_program(model), temporary)
-            if not args.no_check:
-                x = torch.randn(*CHECK_SIZES[1][:1], getattr(model, "in_chans", 3), *CHECK_SIZES[1][1:])
-                with torch.no_grad():
-                    expected, got = model(x), torch.export.load(temporary).module()(x)
-                expected, got = (expected, got) if isinstance(expected, list) else ([expected], [got])
-                error = max(float((g - e).abs().max() / e.abs().max()) for g, e in zip(got, expected))
-                print(f"  exported program vs eager at 2x250x333: relative error {error:.1e}")
-                if not error <= TOLERANCE:
-                    raise RunFailure(f"the exported program differs from PyTorch by {error:.1e} (> {TOLERANCE}); "
-                                     f"nothing was written")
+    checker = "onnxruntime" if args.format == "onnx" else "exported program"
+    for (batch, height, width), error in export_checked(model, out, args.format, check=not args.no_check):
+        print(f"  {checker} vs PyTorch at {batch}x{height}x{width}: relative error {error:.1e}")
     print(f"wrote {out}" + ("" if source is not None else " (random weights: give --pretrained for trained ones)"))
     return 0
 

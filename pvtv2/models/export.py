@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import EnvironmentProblem
+from ..errors import EnvironmentProblem, RunFailure
+from ..files import written_atomically
 
 # Smallest side the exported graphs accept: PVTv1's bilinear position-embedding resize needs a grid
 # of at least 2x2 tokens at stride 32; one bound for all models keeps the contract simple.
@@ -27,6 +28,10 @@ MAX_EXPORT_SIDE = 4096
 # Opset 20 has a Gelu operator: onnxruntime runs it as one kernel, where opset 18's Erf/Mul/Add/Div
 # decomposition is not recognised by its Gelu fusion in this exporter's form (measured: benchmarks/RESULTS.md).
 ONNX_OPSET = 20
+# (batch, height, width) at which an exported file is compared with PyTorch: none of them the example's 224x224
+# alone, so that a graph frozen to the example's size fails.
+CHECK_SIZES = [(1, 224, 224), (2, 250, 333), (1, 512, 384)]
+CHECK_TOLERANCE = 1e-4  # relative error
 
 
 def _example_and_shapes(
@@ -123,3 +128,41 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, sizes: list[tuple[int,
             float((torch.from_numpy(g) - e).abs().max() / e.abs().max()) for g, e in zip(got, expected)
         ))
     return errors
+
+
+def check_program(model: nn.Module, path: str | os.PathLike, sizes: list[tuple[int, int, int]]) -> list[float]:
+    """:func:`check_onnx` for a saved torch.export program: its relative error to ``model`` at each size."""
+    module = torch.export.load(str(path)).module()
+    errors = []
+    generator = torch.Generator().manual_seed(0)
+    for batch, height, width in sizes:
+        x = torch.randn(batch, getattr(model, "in_chans", 3), height, width, generator=generator)
+        with torch.no_grad():
+            expected, got = model.eval()(x), module(x)
+        expected, got = (expected, got) if isinstance(expected, (list, tuple)) else ([expected], [got])
+        errors.append(max(float((g - e).abs().max() / e.abs().max()) for g, e in zip(got, expected)))
+    return errors
+
+
+def export_checked(model: nn.Module, out: str | os.PathLike, fmt: str = "onnx",
+                   check: bool = True) -> list[tuple[tuple[int, int, int], float]]:
+    """Write ``model`` to ``out`` as ONNX (``fmt="onnx"``) or a torch.export program (``"torch-export"``), with
+    dynamic batch, height and width; unless ``check`` is False, compare it with PyTorch (onnxruntime at
+    :data:`CHECK_SIZES`, the program at 2x250x333) and return each size's relative error. A file that differs
+    by more than :data:`CHECK_TOLERANCE` is not written (RunFailure)."""
+    sizes = CHECK_SIZES if fmt == "onnx" else CHECK_SIZES[1:2]
+    # Written beside its place and renamed there once checked: an export that fails its check leaves nothing.
+    with written_atomically(out) as temporary:
+        if fmt == "onnx":
+            export_onnx(model, temporary)
+        else:
+            torch.export.save(export_program(model), temporary)
+        if not check:
+            return []
+        errors = (check_onnx if fmt == "onnx" else check_program)(model, temporary, sizes)
+        if not max(errors) <= CHECK_TOLERANCE:  # NaN fails too
+            measured = ", ".join(f"{b}x{h}x{w}: {e:.1e}" for (b, h, w), e in zip(sizes, errors))
+            what = "model" if fmt == "onnx" else "program"
+            raise RunFailure(f"the exported {what} differs from PyTorch by {max(errors):.1e} (> {CHECK_TOLERANCE}; "
+                             f"{measured}); nothing was written")
+    return list(zip(sizes, errors))
