@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import os
-import shutil
 from pathlib import Path
 
 from ..engine.release import released_cache_path, released_models
@@ -109,25 +107,9 @@ def _list_released(task: str, patterns: list[str]) -> int:
 
 
 def _import_released(name: str, file: Path) -> int:
-    """Check that ``file`` is the released model ``name`` (its detector or segmenter, its backbone, every
-    weight fitting) and copy it into the cache, atomically."""
+    from ..released import import_released
+
+    target = import_released(name, file)
     release = released_models()[name]
-    if release.task == "detection":
-        from ..detection.loading import load_detector
-
-        loaded = load_detector(file, "cpu")
-        found = (loaded.spec.name, loaded.backbone)
-    else:
-        from ..segmentation.predict import load_segmenter
-
-        found = ("semantic_fpn", load_segmenter(file).backbone)
-    if found != (release.model, release.backbone):
-        raise CommandError(f"{file} holds a {found[0]} with {found[1]}, not {name}'s {release.model} with "
-                           f"{release.backbone}")
-    target = released_cache_path(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(".part")
-    shutil.copyfile(file, temporary)
-    os.replace(temporary, target)
     print(f"{name}: {target} (checked: {release.model} with {release.backbone}; published {release.published})")
     return 0
