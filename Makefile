@@ -29,7 +29,7 @@ demo: $(STAMP)
 
 # Two workers, one per core of the CI machine (tests/conftest.py keeps each module's tests together).
 test: $(STAMP) $(TIMM_TESTS)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-quick: $(STAMP) $(TIMM_TESTS)
 	$(BIN)/python -m pytest -q -m "not slow"

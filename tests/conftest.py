@@ -21,20 +21,30 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def _module_group(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return "released" if Path(module).stem in SHARE_RELEASED else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`--dist loadfile` with the modules sharing `released` as one unit: a module's tests stay in one worker
+    (its module-scoped fixtures are made once). xdist's own `loadgroup` marks cannot do it under pytest 9
+    (xdist 3.8 renames node ids through an attribute pytest 9 no longer has)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _module_group(nodeid)
+
+    return ModuleGroups(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist's --dist loadgroup: a module's tests stay together (its module-scoped fixtures are made
-    once), the modules sharing `released` form one group, scheduled first as the longest."""
-    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") != "loadgroup":
-        return
-
-    def group(item: pytest.Item) -> str:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else item.nodeid
-        return "released" if module in SHARE_RELEASED else module
-
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    items.sort(key=lambda item: group(item) != "released")  # stable: the rest keep their order
+    """In xdist's workers: the `released` modules first, as the longest unit (a worker starts on it at once)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: _module_group(item.nodeid) != "released")  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)
@@ -76,3 +86,4 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], o
         return made[kind, backbone]
 
     return get
+
