@@ -15,12 +15,10 @@ import pvtv2
 from pvtv2.cli.main import main
 from pvtv2.errors import InputError
 from pvtv2.models import cpu_inference
-from pvtv2.models.export import check_onnx, export_onnx
 from pvtv2.models.pvt_v2 import UNRELEASED_LINEAR
 from pvtv2.visualize import attention_maps, capture_attention, feature_maps
 
 LINEAR_TWINS = ["pvt_v2_b0_li", "pvt_v2_b1_li", "pvt_v2_b3_li", "pvt_v2_b4_li", "pvt_v2_b5_li"]
-BIG = {"pvt_v2_b3_li", "pvt_v2_b4_li", "pvt_v2_b5_li"}
 ODD = (97, 131)
 
 
@@ -170,7 +168,9 @@ def test_linear_twins_are_registered_without_released_weights():
 
 
 @pytest.mark.parametrize("name", LINEAR_TWINS)
-def test_every_linear_twin_builds_runs_at_an_odd_size_and_exports_to_onnx(name, tmp_path):
+def test_every_linear_twin_builds_and_runs_at_an_odd_size(name):
+    """Each -Li twin as registered; their ONNX export at odd sizes is test_export's (B2-Li) and their
+    torch.export test_ecosystem's (every twin)."""
     model = pvtv2.create_model(name, num_classes=10).eval()
     assert model.linear and model.min_input_size == 1
     assert all(block.attn.linear and block.attn.pool.output_size == 7 for s in range(4) for block in model.blocks(s))
@@ -179,15 +179,6 @@ def test_every_linear_twin_builds_runs_at_an_odd_size_and_exports_to_onnx(name, 
         pyramid = model.forward_intermediates(torch.randn(1, 3, *ODD), intermediates_only=True)
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
     assert [tuple(f.shape[-2:]) for f in pyramid] == [(math.ceil(97 / s), math.ceil(131 / s)) for s in (4, 8, 16, 32)]
-    if name in BIG:
-        # B3-B5-Li differ from B1-Li's graph in depth only, and exporting 24-49 blocks takes 3-6 minutes each
-        # here: the export is checked on the variant's own widths, heads and ratios with one block per stage
-        # (the full-depth exports passed by hand, see the session note).
-        settings = {**pvtv2.models.model_settings(name), "depths": (1, 1, 1, 1)}
-        model = pvtv2.models.PyramidVisionTransformerV2(**settings, num_classes=10).eval()
-    path = export_onnx(model, tmp_path / f"{name}.onnx")
-    errors = check_onnx(model, path, [(1, *ODD), (2, 224, 160)])
-    assert max(errors) < 1e-4, errors
 
 
 # -- the command ------------------------------------------------------------------------------------------
