@@ -77,7 +77,9 @@ def test_compiles_as_one_graph(shallow):
         torch.testing.assert_close(compiled(x), shallow(x))
 
 
-@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_tiny"])
+# timm's forward_torchscript and forward_fx_torchscript run on all 16 models (test_timm_models.py); this adds
+# other sizes than the one scripted at, and the dense backbone.
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_tiny"])
 def test_torchscript_runs_the_model_at_any_size(name, one_thread):
     model = pvtv2.create_model(name, num_classes=10).eval()
     scripted = torch.jit.script(model)  # the model's torch.fx graph (__prepare_scriptable__)
