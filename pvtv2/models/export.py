@@ -116,32 +116,31 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, sizes: list[tuple[int,
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    errors = []
-    generator = torch.Generator().manual_seed(0)
-    for batch, height, width in sizes:
-        x = torch.randn(batch, getattr(model, "in_chans", 3), height, width, generator=generator)
-        with torch.no_grad():
-            expected = model.eval()(x)
-        expected = expected if isinstance(expected, (list, tuple)) else [expected]
-        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-        errors.append(max(
-            float((torch.from_numpy(g) - e).abs().max() / e.abs().max()) for g, e in zip(got, expected)
-        ))
-    return errors
+    name = session.get_inputs()[0].name
+    return _relative_errors(model, lambda x: [torch.from_numpy(y) for y in session.run(None, {name: x.numpy()})],
+                            sizes)
 
 
 def check_program(model: nn.Module, path: str | os.PathLike, sizes: list[tuple[int, int, int]]) -> list[float]:
     """:func:`check_onnx` for a saved torch.export program: its relative error to ``model`` at each size."""
     module = torch.export.load(str(path)).module()
+    return _relative_errors(model, lambda x: _as_list(module(x)), sizes)
+
+
+def _relative_errors(model: nn.Module, exported, sizes: list[tuple[int, int, int]]) -> list[float]:
+    """Per (batch, height, width): max |exported(x) - model(x)| / max |model(x)| over the outputs, on seeded inputs."""
     errors = []
     generator = torch.Generator().manual_seed(0)
     for batch, height, width in sizes:
         x = torch.randn(batch, getattr(model, "in_chans", 3), height, width, generator=generator)
         with torch.no_grad():
-            expected, got = model.eval()(x), module(x)
-        expected, got = (expected, got) if isinstance(expected, (list, tuple)) else ([expected], [got])
+            expected, got = _as_list(model.eval()(x)), exported(x)
         errors.append(max(float((g - e).abs().max() / e.abs().max()) for g, e in zip(got, expected)))
     return errors
+
+
+def _as_list(outputs: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
 def export_checked(model: nn.Module, out: str | os.PathLike, fmt: str = "onnx",
