@@ -154,16 +154,16 @@ class SpatialReductionAttention(nn.Module):
         ``kernel(q, k, v)`` on (B, heads, tokens, head_dim) computes it in place of PyTorch's
         ``scaled_dot_product_attention`` (fused CPU inference passes one for bfloat16).
         """
-        batch, num_tokens, dim = q.shape
-        head_dim = dim // self.num_heads
-        q = q.reshape(batch, num_tokens, self.num_heads, head_dim).transpose(1, 2)
+        # Heads split by unflatten, not by sizes read from .shape: a traced graph (torch.fx, export, ONNX) then
+        # holds no shape arithmetic, 7 nodes fewer per block (torchvision's feature extraction is quadratic in them).
+        q = q.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
         # (B, M, 2C) -> 2 x (B, heads, M, head_dim)
-        k, v = kv.reshape(batch, kv.shape[1], 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        k, v = kv.unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
         if kernel is None:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         else:
             x = kernel(q, k, v)
-        return x.transpose(1, 2).reshape(batch, num_tokens, dim)
+        return x.transpose(1, 2).flatten(2)
 
 
 class DepthwiseConv(nn.Module):
