@@ -49,7 +49,7 @@ from ..models.export import MAX_EXPORT_SIDE, MIN_EXPORT_SIDE, export_onnx
 from .machine import attainable_peak_gflops, describe_machine
 from .memory import describe_method, measure_peak_memory
 from .peers import is_v2, peer_with_weights_of, peers_of, relative_error
-from .timing import interleaved_times, median, synchronizer, warm_up
+from .timing import frozen_heap, interleaved_times, median, synchronizer, warm_up
 
 DEFAULT_MODELS = ("pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b2_li", "pvt_tiny", "pvt_small")
 SWEEP_MODELS = ("pvt_v2_b2", "pvt_v2_b2_li", "pvt_small")  # SRA, linear SRA, PVTv1's SRA
@@ -171,7 +171,7 @@ def run_suite(config: BenchConfig, log: Log = lambda line: None) -> dict[str, An
         torch.set_num_threads(config.threads)
     try:
         wants_keep = config.allocator == "keep"
-        with keep_freed_memory(wants_keep) as kept:
+        with keep_freed_memory(wants_keep) as kept, frozen_heap():
             if wants_keep and not kept:
                 log("allocator 'keep' asked for, but this C library is not glibc: the system allocator runs")
             results = _run(config, log)
