@@ -257,8 +257,9 @@ def test_two_processes_train_the_same_atss_as_one(shapes: Path, tmp_path: Path) 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["atss", "gfl"])
 def test_fits_its_training_scenes(shapes: Path, kind: str) -> None:
-    """200 AdamW steps on 8 scenes from random weights: the boxes it then predicts on those scenes score box
-    AP >= 0.8 (about 0.99 measured), so losses, decoding and post-processing agree with each other."""
+    """100 AdamW steps on 8 scenes from random weights: the boxes it then predicts on those scenes score box
+    AP >= 0.8 (0.94 measured for both; 0.98-1.0 after 200 steps), so losses, decoding and post-processing agree
+    with each other."""
     from pvtv2.detection.coco_metric import coco_metrics, predict_dataset
     from pvtv2.detection.data import eval_transform
 
@@ -270,7 +271,7 @@ def test_fits_its_training_scenes(shapes: Path, kind: str) -> None:
     model = tiny_detector(kind)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     model.train()
-    for step in range(200):
+    for step in range(100):
         images, targets = batches[step % 2]
         loss = sum(model(images, targets).values())
         optimizer.zero_grad()

@@ -25,18 +25,13 @@ from pvtv2.classification.inference import load_classifier
 from pvtv2.classification.train import train
 from pvtv2.classification.transforms import eval_transform
 from pvtv2.models.export import export_program
-from pvtv2.models.registry import _lookup
 
 from .peers import relative_error
+from .twins import one_block_per_stage
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_MAPS = {f"feature_map{i}": f"stage{i}" for i in range(1, 5)}
 CPU = torch.device("cpu")
-
-
-def one_block_per_stage(name: str, **kwargs) -> nn.Module:
-    model_class, settings = _lookup(name)
-    return model_class(**{**settings, "depths": (1, 1, 1, 1)}, **kwargs).eval()
 
 
 @pytest.fixture(params=pvtv2.list_models())
@@ -59,15 +54,26 @@ def test_feature_extractor_returns_the_four_stage_maps(shallow):
         torch.testing.assert_close(got, want)
 
 
-def test_torch_export_static_and_dynamic(shallow):
+def test_torch_export_static(shallow):
     static = torch.export.export(shallow, (torch.randn(2, 3, 64, 64),))
-    dynamic = export_program(shallow, example_size=(64, 64))
-    for shape, program in [((2, 3, 64, 64), static), ((1, 3, 64, 64), dynamic), ((3, 3, 97, 130), dynamic)]:
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            assert relative_error(program.module()(x), shallow(x)) < 1e-5, shape
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert relative_error(static.module()(x), shallow(x)) < 1e-5
     with pytest.raises(Exception, match="(?i)shape|size|guard"):  # static means static: another size is refused
         static.module()(torch.randn(2, 3, 96, 96))
+
+
+# Dynamic height and width on one model of each attention kind (spatial-reduction, linear, PVTv1 with its
+# resized position embeddings): the variants of a kind run the same shape code with other widths and depths,
+# and a dynamic export takes ~3 s each. test_export.py exports the full models dynamically (ONNX, torch.export).
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li", "pvt_tiny"])
+def test_torch_export_with_dynamic_height_and_width(name, one_thread):
+    model = one_block_per_stage(name, num_classes=10)
+    program = export_program(model, example_size=(64, 64))
+    for shape in [(1, 3, 64, 64), (3, 3, 97, 130)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            assert relative_error(program.module()(x), model(x)) < 1e-5, shape
 
 
 def test_compiles_as_one_graph(shallow):
@@ -98,7 +104,7 @@ def test_torchscript_runs_the_model_at_any_size(name, one_thread):
 
 # -- the digits model ----------------------------------------------------------------------------------------
 
-DIGITS_EPOCHS = 4
+DIGITS_EPOCHS = 2  # 91% held-out top-1 (the demo reaches 97.5% in 8); quantized: 91% too
 
 
 @pytest.fixture(scope="module")
