@@ -32,6 +32,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     (xdist 3.8 renames node ids through an attribute pytest 9 no longer has)."""
     if config.getvalue("dist") != "loadfile":
         return None
+    config.option.loadscopereorder = False  # xdist would order units by their number of tests, not their time
     from xdist.scheduler import LoadScopeScheduling
 
     class ModuleGroups(LoadScopeScheduling):
@@ -41,10 +42,21 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     return ModuleGroups(config, log)
 
 
+# The longest units, longest first (seconds on 2 cores: released ~500, timm ~170, ecosystem ~60, the others
+# 30-60); the scheduler hands units out in this order, so no long one starts when the other worker is nearly done.
+LONGEST_FIRST = ("released", "tests/test_timm_models.py", "tests/test_ecosystem.py", "tests/test_parity.py",
+                 "tests/test_bench.py", "tests/test_export.py", "tests/test_train.py", "tests/test_dense_detectors.py")
+
+
+def _rank(nodeid: str) -> int:
+    group = _module_group(nodeid)
+    return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In xdist's workers: the `released` modules first, as the longest unit (a worker starts on it at once)."""
+    """In xdist's workers: the longest units first (LONGEST_FIRST); the scheduler keeps this order."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(key=lambda item: _module_group(item.nodeid) != "released")  # stable: the rest keep their order
+        items.sort(key=lambda item: _rank(item.nodeid))  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)

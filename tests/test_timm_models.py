@@ -3,7 +3,8 @@
 The test functions are timm's, imported from ``tests/test_models.py`` of timm's source release (its wheel has
 no tests). ``make test`` fetches them: the venv step unpacks the installed timm's sdist tests into
 ``.venv/timm-<version>/tests`` (Makefile); ``PVT_TIMM_TESTS=path/to/test_models.py`` points elsewhere. Each
-kind of test runs on every model, at timm's sizes, as timm runs it on its own models.
+kind of test runs on every model (FX + TorchScript on the shallow ones: SHALLOW_ONLY), at timm's sizes, as timm
+runs it on its own models.
 """
 
 import importlib.util
@@ -68,10 +69,18 @@ FAILING = {
 SLOW = {"pvt_v2_b3", "pvt_v2_b3_li", "pvt_v2_b4", "pvt_v2_b4_li", "pvt_v2_b5", "pvt_v2_b5_li", "pvt_medium",
         "pvt_large"}
 
+# FX + TorchScript on the shallow models only: timm's own CI does not run it at all (its test is defined only
+# outside GitHub Actions), it scripts the same fx graph forward_torchscript scripts on all 16 (our
+# __prepare_scriptable__ traces the model with fx), and torchvision's tracer, which it goes through, takes time
+# quadratic in a graph's nodes: 4-5 s for each deep model, 35 s in all.
+SHALLOW_ONLY = {"forward_fx_torchscript"}
+
 
 def _cases():
     for kind in KINDS:
         for name in pvtv2.list_models():
+            if kind in SHALLOW_ONLY and name in SLOW:
+                continue
             marks = [pytest.mark.slow] if name in SLOW else []
             if kind in FAILING:
                 marks.append(pytest.mark.xfail(strict=True, reason=FAILING[kind]))
