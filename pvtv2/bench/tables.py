@@ -87,46 +87,53 @@ def _isolated_report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+IMPLS = ("ours", *PEERS)
+IMPL_TITLES = {"ours": "ours", **PEER_TITLES}
+
+
+def _per_impl(row: dict[str, Any], suffix: str, text: Any) -> dict[str, str]:
+    """One column per implementation (``<impl><suffix>``): ``text`` of its figures, "-" where it did not run."""
+    return {f"{impl}{suffix}": _maybe(row["impls"].get(impl), text) for impl in IMPLS}
+
+
+def _per_impl_headers(suffix: str, unit: str) -> dict[str, str]:
+    return {f"{impl}{suffix}": f"{title} {unit}".rstrip() for impl, title in IMPL_TITLES.items()}
+
+
 def _times_and_ratios(row: dict[str, Any], decimals: int) -> dict[str, str]:
     """Each implementation's median time per call (ms) and, per peer, the peer's time over ours."""
-    impls = row["impls"]
     return {
-        **{f"{impl}_ms": _maybe(impls.get(impl), lambda r: f"{r['median_s'] * 1e3:.{decimals}f}")
-           for impl in ("ours", *PEERS)},
+        **_per_impl(row, "_ms", lambda r: f"{r['median_s'] * 1e3:.{decimals}f}"),
         **{f"vs_{peer}": _maybe(row["ratios"].get(f"ours/{peer}"), lambda r: f"{r:.2f}x") for peer in PEERS},
     }
 
 
+def _times_and_ratios_headers() -> dict[str, str]:
+    return {**_per_impl_headers("_ms", "ms"), **{f"vs_{peer}": f"ours/{title}" for peer, title in PEER_TITLES.items()}}
+
+
+def _peak_memory(figures: dict[str, Any]) -> str:
+    return f"{figures['peak_memory_mb']:.0f}"
+
+
 def _isolated_table(rows: list[dict[str, Any]]) -> str:
-    text_rows = []
-    for row in rows:
-        impls = row["impls"]
-        text_rows.append(dict(
-            model=row["model"], batch=f"{row['batch']}", **_times_and_ratios(row, decimals=1),
-            **{f"{impl}_faults": _maybe(impls.get(impl), lambda r: _maybe(r["page_faults_per_call"],
-                                                                             lambda v: f"{v:.0f}"))
-               for impl in ("ours", *PEERS)},
-        ))
-    titles = dict(ours="ours", **PEER_TITLES)
-    headers = dict(model="model", batch="batch", **{f"{i}_ms": f"{t} ms" for i, t in titles.items()},
-                   **{f"vs_{peer}": f"ours/{title}" for peer, title in PEER_TITLES.items()},
-                   **{f"{i}_faults": f"{t} faults" for i, t in titles.items()})
+    def faults(figures: dict[str, Any]) -> str:
+        return _maybe(figures["page_faults_per_call"], lambda v: f"{v:.0f}")
+
+    text_rows = [dict(model=row["model"], batch=f"{row['batch']}", **_times_and_ratios(row, decimals=1),
+                      **_per_impl(row, "_faults", faults)) for row in rows]
+    headers = dict(model="model", batch="batch", **_times_and_ratios_headers(),
+                   **_per_impl_headers("_faults", "faults"))
     return format_table(text_rows, headers)
 
 
 def _isolated_processes_table(rows: list[dict[str, Any]]) -> str:
-    def each(r: dict[str, Any]) -> str:
-        return ", ".join(f"{p['median_s'] * 1e3:.1f}" for p in r["processes"])
+    def each(figures: dict[str, Any]) -> str:
+        return ", ".join(f"{p['median_s'] * 1e3:.1f}" for p in figures["processes"])
 
-    text_rows = [
-        dict(model=row["model"], batch=f"{row['batch']}",
-             **{impl: _maybe(row["impls"].get(impl), each) for impl in ("ours", *PEERS)},
-             **{f"{impl}_mb": _maybe(row["impls"].get(impl), lambda r: f"{r['peak_memory_mb']:.0f}")
-                for impl in ("ours", *PEERS)})
-        for row in rows
-    ]
-    titles = dict(ours="ours", **PEER_TITLES)
-    headers = dict(model="model", batch="batch", **titles, **{f"{i}_mb": f"{t} MB" for i, t in titles.items()})
+    text_rows = [dict(model=row["model"], batch=f"{row['batch']}", **_per_impl(row, "", each),
+                      **_per_impl(row, "_mb", _peak_memory)) for row in rows]
+    headers = dict(model="model", batch="batch", **_per_impl_headers("", ""), **_per_impl_headers("_mb", "MB"))
     return format_table(text_rows, headers)
 
 
@@ -164,19 +171,14 @@ def _memory_table(rows: list[dict[str, Any]], field: str = "peak_memory_mb") -> 
 
 
 def _sweep_table(rows: list[dict[str, Any]]) -> str:
-    text_rows = []
-    for row in rows:
-        impls = row["impls"]
-        text_rows.append(dict(
-            model=row["model"], size=f"{row['image_size']}", **_times_and_ratios(row, decimals=0),
-            **{f"{impl}_mb": _maybe(impls.get(impl), lambda r: f"{r['peak_memory_mb']:.0f}")
-               for impl in ("ours", *PEERS)},
-            diff=_maybe(max(row.get("max_rel_diff", {}).values(), default=None), lambda d: f"{d:.0e}"),
-        ))
-    titles = dict(ours="ours", **PEER_TITLES)
-    headers = dict(model="model", size="px", **{f"{i}_ms": f"{t} ms" for i, t in titles.items()},
-                   **{f"vs_{peer}": f"ours/{title}" for peer, title in PEER_TITLES.items()},
-                   **{f"{i}_mb": f"{t} MB" for i, t in titles.items()}, diff="max rel. diff")
+    text_rows = [
+        dict(model=row["model"], size=f"{row['image_size']}", **_times_and_ratios(row, decimals=0),
+             **_per_impl(row, "_mb", _peak_memory),
+             diff=_maybe(max(row.get("max_rel_diff", {}).values(), default=None), lambda d: f"{d:.0e}"))
+        for row in rows
+    ]
+    headers = dict(model="model", size="px", **_times_and_ratios_headers(), **_per_impl_headers("_mb", "MB"),
+                   diff="max rel. diff")
     return format_table(text_rows, headers)
 
 
