@@ -70,12 +70,12 @@ def test_torch_export_program_serves_other_sizes_and_batches():
 
 
 # B0 as users export it; B2-Li's linear SRA as its one-block twin (same layers, a quarter of the export time).
-@pytest.mark.parametrize("name,features_only", [("pvt_v2_b0", False), ("pvt_v2_b2_li", True)])
-def test_onnx_export_runs_in_onnxruntime_at_any_size(name, features_only, tmp_path):
-    if name == "pvt_v2_b0":
-        model = pvtv2.create_model(name, features_only=features_only).eval()
-    else:
-        model = one_block_per_stage(name, features_only=features_only)
+@pytest.mark.parametrize("name,build", [
+    ("pvt_v2_b0", lambda: pvtv2.create_model("pvt_v2_b0").eval()),
+    ("pvt_v2_b2_li", lambda: one_block_per_stage("pvt_v2_b2_li", features_only=True)),
+], ids=["pvt_v2_b0", "pvt_v2_b2_li-twin-features"])
+def test_onnx_export_runs_in_onnxruntime_at_any_size(name, build, tmp_path):
+    model = build()
     path = export_onnx(model, tmp_path / f"{name}.onnx")
     # Sizes other than the 224x224 example: linear SRA's adaptive pooling used to be frozen to 224's window.
     errors = check_onnx(model, path, [(1, 224, 224), (2, 250, 333), (1, 97, 160)])
